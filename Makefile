@@ -1,0 +1,39 @@
+# Two commands on a fresh clone: `make run` and `make test`. Everything else is installed here.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+HOST    ?= 127.0.0.1
+PORT    ?= 8080
+EXTRAS  ?= dev
+STAMP   := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: install run test lint bench clean
+
+$(PY):
+	python3.11 -m venv $(VENV) 2>/dev/null || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(STAMP)
+
+# The laptop default: the control API on SQLite, admin bootstrapped (password printed once and
+# kept in the data dir), served on http://$(HOST):$(PORT).
+run: $(STAMP)
+	INVENTIV_COOKIE_SECURE=$${INVENTIV_COOKIE_SECURE:-false} \
+	  $(VENV)/bin/inventiv api serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy control_api finops cli
+
+bench: $(STAMP)
+	@for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b --json || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Inventiv control API: users, orgs, keys, instance lifecycle, usage and cost records."""

@@ -1,0 +1,138 @@
+"""The control API application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_api import bootstrap, migrate
+from control_api.db import make_engine, make_sessionmaker, session_scope
+from control_api.errors import error_body, install_error_handlers
+from control_api.routes import (
+    action_logs,
+    api_keys,
+    auth,
+    catalog,
+    health,
+    instances,
+    internal,
+    orgs,
+    service_tokens,
+    users,
+)
+from control_api.security import JwtCodec, Passwords
+from control_api.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class BodySizeLimit:
+    """Reject request bodies over ``limit`` bytes with 413, before the app reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    await _send_413(send, self.limit)
+                    return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await _send_413(send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _send_413(send: Send, limit: int) -> None:
+    import json
+
+    body = json.dumps(error_body("payload_too_large",
+                                 f"request body exceeds {limit} bytes")).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the lifespan migrates the database and bootstraps admin and catalog."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.run_migrations:
+            migrate.upgrade(engine)
+        with session_scope(app.state.sessionmaker) as s:
+            bootstrap.seed_catalog(s, bootstrap.load_catalog(settings.catalog_seed_file))
+            result = bootstrap.ensure_admin(
+                s, app.state.passwords, username=settings.admin_username,
+                email=settings.admin_email,
+                password=settings.admin_password.get_secret_value()
+                if settings.admin_password else None,
+            )
+        app.state.admin_bootstrap = result
+        if result.generated_password:
+            # Printed once on the console for the laptop default; never sent to the logger.
+            print(f"Created admin user '{result.username}' with password: "
+                  f"{result.generated_password}", flush=True)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="Inventiv Agents control API",
+        version="0.1.0",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.passwords = Passwords(settings.argon2_time_cost, settings.argon2_memory_cost,
+                                    settings.argon2_parallelism)
+    app.state.jwt = JwtCodec(settings.resolved_jwt_secret(), settings.jwt_issuer,
+                             settings.jwt_audience)
+    app.state.metrics_registry = CollectorRegistry()
+    install_error_handlers(app)
+    for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, instances,
+                   action_logs, internal):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def app_factory() -> Any:
+    """Entry point for ``uvicorn --factory control_api.app:app_factory``."""
+    return create_app()

@@ -1,0 +1,165 @@
+"""Typed FastAPI dependencies: database session, the calling user, the calling service."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from control_api.db import utcnow
+from control_api.errors import Forbidden, NotFound, Unauthorized
+from control_api.models import Membership, Role, ServiceToken, User, UserSession
+from control_api.security import JwtCodec, Passwords, TokenError, sha256_hex
+from control_api.settings import Settings
+
+
+def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """One session per request: committed when the handler returns, rolled back on error."""
+    session: Session = request.app.state.sessionmaker()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def get_jwt(request: Request) -> JwtCodec:
+    return request.app.state.jwt  # type: ignore[no-any-return]
+
+
+def get_passwords(request: Request) -> Passwords:
+    return request.app.state.passwords  # type: ignore[no-any-return]
+
+
+JwtDep = Annotated[JwtCodec, Depends(get_jwt)]
+PasswordsDep = Annotated[Passwords, Depends(get_passwords)]
+
+
+@dataclass
+class Principal:
+    """An authenticated user with their roles per org."""
+
+    user: User
+    session_id: uuid.UUID
+    roles: dict[uuid.UUID, Role] = field(default_factory=dict)
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        return self.user.id
+
+    @property
+    def is_platform_admin(self) -> bool:
+        return bool(self.user.is_platform_admin)
+
+    def role_in(self, org_id: uuid.UUID) -> Role | None:
+        return self.roles.get(org_id)
+
+    def can_see_org(self, org_id: uuid.UUID | None) -> bool:
+        return self.is_platform_admin or (org_id is not None and org_id in self.roles)
+
+    def require_org_visible(self, org_id: uuid.UUID | None, what: str = "resource") -> None:
+        """Objects of an org the caller is not in are reported as not found (no existence leak)."""
+        if not self.can_see_org(org_id):
+            raise NotFound(f"{what} not found")
+
+    def require_role(self, org_id: uuid.UUID, minimum: Role) -> None:
+        """403 unless the caller holds ``minimum`` or higher in ``org_id`` (or is platform admin)."""
+        if self.is_platform_admin:
+            return
+        role = self.roles.get(org_id)
+        if role is None or role.rank < minimum.rank:
+            raise Forbidden(f"requires role {minimum.value} or higher in this organisation")
+
+    def require_platform_admin(self) -> None:
+        if not self.is_platform_admin:
+            raise Forbidden("requires platform admin")
+
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        return None
+    return None
+
+
+def get_principal(request: Request, db: SessionDep, jwt_codec: JwtDep,
+                  settings: SettingsDep) -> Principal:
+    token = _bearer(request) or request.cookies.get(settings.cookie_name)
+    if not token:
+        raise Unauthorized("authentication required",
+                           headers={"WWW-Authenticate": "Bearer"})
+    try:
+        claims = jwt_codec.decode(token)
+    except TokenError:
+        raise Unauthorized("invalid or expired token",
+                           headers={"WWW-Authenticate": "Bearer"}) from None
+    sess = db.get(UserSession, claims.session_id)
+    now = utcnow()
+    if (sess is None or sess.user_id != claims.user_id or sess.revoked_at is not None
+            or sess.expires_at <= now):
+        raise Unauthorized("session revoked or expired", headers={"WWW-Authenticate": "Bearer"})
+    user = db.get(User, claims.user_id)
+    if user is None or not user.is_active:
+        raise Unauthorized("account disabled", headers={"WWW-Authenticate": "Bearer"})
+    roles = {m.org_id: m.role for m in db.scalars(
+        select(Membership).where(Membership.user_id == user.id))}
+    return Principal(user=user, session_id=sess.id, roles=roles)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_admin(principal: PrincipalDep) -> Principal:
+    principal.require_platform_admin()
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]
+
+
+@dataclass(frozen=True)
+class ServicePrincipal:
+    """A data-plane component authenticated by a service token."""
+
+    name: str
+    component: str
+    token_id: uuid.UUID | None
+
+
+def get_service(request: Request, db: SessionDep, settings: SettingsDep) -> ServicePrincipal:
+    token = _bearer(request)
+    if not token:
+        raise Unauthorized("service token required", headers={"WWW-Authenticate": "Bearer"})
+    if settings.service_token is not None:
+        import hmac
+
+        if hmac.compare_digest(token, settings.service_token.get_secret_value()):
+            return ServicePrincipal(name="bootstrap", component="bootstrap", token_id=None)
+    row = db.scalar(select(ServiceToken).where(ServiceToken.token_hash == sha256_hex(token)))
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("invalid service token", headers={"WWW-Authenticate": "Bearer"})
+    db.execute(update(ServiceToken).where(ServiceToken.id == row.id)
+               .values(last_used_at=utcnow()))
+    return ServicePrincipal(name=row.name, component=row.component, token_id=row.id)
+
+
+ServiceDep = Annotated[ServicePrincipal, Depends(get_service)]

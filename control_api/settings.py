@@ -1,0 +1,103 @@
+"""Settings of the control API, from ``INVENTIV_*`` environment variables.
+
+Every secret can also be read from a file named by ``INVENTIV_<NAME>_FILE`` (Docker/K8s secrets).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_data_dir
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "INVENTIV_"
+# Fields that may come from *_FILE variables.
+FILE_FIELDS = ("admin_password", "jwt_secret", "service_token", "database_url")
+
+
+def default_data_dir() -> Path:
+    """Where the laptop default keeps its SQLite database and generated secrets."""
+    return Path(os.environ.get("INVENTIV_DATA_DIR") or user_data_dir("inventiv", "inventiv"))
+
+
+class Settings(BaseSettings):
+    """One settings object for the control API and its CLI."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    admin_password: SecretStr | None = None
+    admin_username: str = "admin"
+    admin_email: str = "admin@localhost"
+    jwt_secret: SecretStr | None = None
+    jwt_issuer: str = "inventiv"
+    jwt_audience: str = "inventiv-api"
+    jwt_ttl_seconds: int = Field(default=12 * 3600, gt=0)
+    # Session cookie: Secure + __Host- prefix when served over HTTPS; plain for http://localhost.
+    cookie_secure: bool = True
+    # A service token accepted by the internal endpoints without a database row (bootstrap).
+    service_token: SecretStr | None = None
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_ip: int = 20
+    login_window_seconds: int = 900
+    argon2_time_cost: int = 2
+    argon2_memory_cost: int = 19456
+    argon2_parallelism: int = 1
+    catalog_seed_file: Path | None = None
+    run_migrations: bool = True
+    # Largest JSON body the control API accepts (bytes).
+    max_body_bytes: int = 4 * 1024 * 1024
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_file_secrets(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name in FILE_FIELDS:
+            path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
+            if path and not data.get(name) and not os.environ.get(f"{ENV_PREFIX}{name.upper()}"):
+                data[name] = Path(path).read_text().strip()
+        return data
+
+    @property
+    def cookie_name(self) -> str:
+        return "__Host-inventiv_session" if self.cookie_secure else "inventiv_session"
+
+    def resolved_database_url(self) -> str:
+        """The configured database URL, or a SQLite file in the data directory."""
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.data_dir / 'inventiv.db'}"
+
+    def resolved_jwt_secret(self) -> str:
+        """The JWT secret; generated once and kept (mode 0600) in the data dir when not set."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "jwt_secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+def normalize_database_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
