@@ -19,6 +19,7 @@ from control_api.routes import (
     api_keys,
     auth,
     catalog,
+    finops,
     health,
     instances,
     internal,
@@ -126,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                              settings.jwt_audience)
     app.state.metrics_registry = CollectorRegistry()
     install_error_handlers(app)
-    for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, instances,
+    for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, finops, instances,
                    action_logs, internal):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)

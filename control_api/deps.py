@@ -163,3 +163,24 @@ def get_service(request: Request, db: SessionDep, settings: SettingsDep) -> Serv
 
 
 ServiceDep = Annotated[ServicePrincipal, Depends(get_service)]
+
+
+# Access levels every route declares with ``openapi_extra=access(LEVEL)``. The RBAC matrix test
+# reads them from the app's routes, so a new route is covered (and must declare one).
+ACCESS_LEVELS = (
+    "public",          # no authentication
+    "user",            # any authenticated user; results filtered to the caller's orgs
+    "org:viewer",      # at least this role in the org that owns the object / named in the request
+    "org:member",
+    "org:admin",
+    "org:owner",
+    "platform_admin",  # the platform-admin flag
+    "service",         # a data-plane service token (internal endpoints)
+)
+
+
+def access(level: str) -> dict[str, str]:
+    """``openapi_extra`` marking a route's access level (see ``ACCESS_LEVELS``)."""
+    if level not in ACCESS_LEVELS:
+        raise ValueError(f"unknown access level {level!r}")
+    return {"x-access": level}

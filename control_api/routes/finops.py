@@ -1,0 +1,7 @@
+"""Routes under /api/finops."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/api/finops", tags=["finops"])
