@@ -29,6 +29,7 @@ from control_api.routes import (
 )
 from control_api.security import JwtCodec, Passwords
 from control_api.settings import Settings, get_settings
+from finops import metrics as finops_metrics
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jwt = JwtCodec(settings.resolved_jwt_secret(), settings.jwt_issuer,
                              settings.jwt_audience)
     app.state.metrics_registry = CollectorRegistry()
+    finops_metrics.install(app)
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, finops, instances,
                    action_logs, internal):

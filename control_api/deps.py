@@ -36,7 +36,8 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope="function": commit before the response is sent, so a 2xx means the write is durable.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 def get_jwt(request: Request) -> JwtCodec:

@@ -67,12 +67,20 @@ def _build_allowed() -> dict[InstanceState, frozenset[InstanceState]]:
 ALLOWED: dict[InstanceState, frozenset[InstanceState]] = _build_allowed()
 
 
+class ConcurrentModification(InvalidTransition):
+    """Another writer moved the instance between our read and our guarded UPDATE."""
+
+    code = "concurrent_modification"
+
+
 def can_transition(src: InstanceState, dst: InstanceState) -> bool:
+    """Whether the state machine allows ``src → dst`` (staying in place is not a transition)."""
     return dst in ALLOWED[src]
 
 
 def deadline_for(state: InstanceState, at: datetime,
                  deadlines: dict[InstanceState, timedelta | None] | None = None) -> datetime | None:
+    """When an instance entering ``state`` at ``at`` is overdue, or ``None`` (no deadline)."""
     delta = (deadlines or DEFAULT_DEADLINES).get(state)
     return at + delta if delta is not None else None
 
@@ -102,7 +110,8 @@ def transition(
     """Move an instance to ``to_state`` with a guarded UPDATE (state and version must match).
 
     Appends a history row and an action log. Raises ``InvalidTransition`` when the move is not
-    allowed or when another writer changed the state in between.
+    allowed, and its subclass ``ConcurrentModification`` when another writer changed the instance
+    in between (the in-session copy was stale): re-read and retry.
     """
     at = at or utcnow()
     inst = session.get(Instance, instance_id)
@@ -134,7 +143,9 @@ def transition(
         .execution_options(synchronize_session=False)
     )
     if res.rowcount != 1:  # type: ignore[attr-defined]
-        raise InvalidTransition(f"instance {instance_id} changed concurrently; retry")
+        # Our copy is stale: expire it so a retry by the caller reads the current row.
+        session.expire(inst)
+        raise ConcurrentModification(f"instance {instance_id} changed concurrently; retry")
     session.add(
         InstanceStateHistory(
             instance_id=instance_id, from_state=src, to_state=to_state, at=at, reason=reason,

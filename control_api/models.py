@@ -12,18 +12,23 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     CheckConstraint,
     Enum,
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
     Uuid,
+    false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 from control_api.db import Base, JSONDoc, Money, UTCDateTime, new_id, utcnow
 
@@ -406,6 +411,10 @@ class BillingInterval(Base):
     deployment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # FinOps ledger sync (finops.spans): cost spans written for this interval, and for its
+    # closed state. Only finops writes these two flags.
+    ledger_spans: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ledger_closed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     instance: Mapped[Instance] = relationship(back_populates="billing_intervals")
 
@@ -458,6 +467,8 @@ class UsageRecord(Base):
     status: Mapped[str] = mapped_column(String(32))
     streamed: Mapped[bool] = mapped_column(Boolean, default=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Counted in ``usage_hourly`` already (finops.rollup); only finops writes it.
+    rolled_up: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ProcessedEvent(Base):
@@ -490,3 +501,133 @@ class Budget(Base):
     )
     state_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Last evaluation by finops.budgets: month-to-date spend and when it was computed.
+    spent_eur: Mapped[Decimal | None] = mapped_column(Money)
+    evaluated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# ---------------------------------------------------------------- finops derived data
+
+# Pending ledger work is found through these small partial indexes (a few rows each).
+Index("ix_billing_intervals_ledger_pending", BillingInterval.id,
+      postgresql_where=text("NOT ledger_closed"), sqlite_where=text("NOT ledger_closed"))
+Index("ix_billing_intervals_ended", BillingInterval.ended_at)
+Index("ix_usage_records_unrolled", UsageRecord.at,
+      postgresql_where=text("NOT rolled_up"), sqlite_where=text("NOT rolled_up"))
+
+
+class CostSpan(Base):
+    """The billed span of a billing interval, split at price changes (derived by finops.spans).
+
+    Times are integer microseconds since the epoch and prices integer micro-EUR per hour, so a
+    window's cost is an exact integer sum. While the interval is open (``is_open``) its billed
+    span ends at ``interval_start_us`` + the billing rule applied to ``now``.
+    """
+
+    __tablename__ = "cost_spans"
+    __table_args__ = (
+        Index("ix_cost_spans_start", "start_us"),
+        Index("ix_cost_spans_end", "end_us"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    interval_id: Mapped[int] = mapped_column(
+        ForeignKey("billing_intervals.id", ondelete="CASCADE"), index=True)
+    instance_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    provider_code: Mapped[str] = mapped_column(String(32))
+    zone_code: Mapped[str | None] = mapped_column(String(32))
+    instance_type_name: Mapped[str] = mapped_column(String(64))
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    interval_start_us: Mapped[int] = mapped_column(BigInteger)
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    # Closed interval: the piece's billed end. Open: the next price change (NULL if none).
+    end_us: Mapped[int | None] = mapped_column(BigInteger)
+    is_open: Mapped[bool] = mapped_column(Boolean)
+    granularity_us: Mapped[int] = mapped_column(BigInteger)
+    minimum_us: Mapped[int] = mapped_column(BigInteger)
+    price_micro: Mapped[int] = mapped_column(BigInteger)
+
+
+class BigUnits(TypeDecorator[int]):
+    """Exact big integers: NUMERIC(40, 0) on Postgres (summed in SQL), text on SQLite (no float)."""
+
+    impl = String(48)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(Numeric(40, 0))
+        return dialect.type_descriptor(String(48))
+
+    def process_bind_param(self, value: int | None, dialect: Any) -> Any:
+        if value is None:
+            return None
+        return Decimal(int(value)) if dialect.name == "postgresql" else str(int(value))
+
+    def process_result_value(self, value: Any, dialect: Any) -> int | None:
+        return None if value is None else int(value)
+
+
+class CostDaily(Base):
+    """Cost of CLOSED cost spans per UTC day and dimensions, in ledger units (finops.spans).
+
+    ``dims`` is the canonical text of the dimensions; the row with ``dims = ''`` holds the day's
+    total. Open spans are never here (they grow with the clock); a window's cost is whole days
+    from here plus the partial days and open spans from ``cost_spans``.
+    """
+
+    __tablename__ = "cost_daily"
+    __table_args__ = (UniqueConstraint("day_us", "dims", name="uq_cost_daily_day_dims"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    day_us: Mapped[int] = mapped_column(BigInteger)
+    dims: Mapped[str] = mapped_column(String(300))
+    provider_code: Mapped[str | None] = mapped_column(String(32))
+    zone_code: Mapped[str | None] = mapped_column(String(32))
+    instance_type_name: Mapped[str | None] = mapped_column(String(64))
+    deployment_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    units: Mapped[int] = mapped_column(BigUnits)
+
+
+Index("ix_cost_spans_open", CostSpan.start_us,
+      postgresql_where=text("is_open"), sqlite_where=text("is_open"))
+
+
+class UsageHourly(Base):
+    """Usage records summed per UTC hour and dimensions (finops.rollup); exact integer sums.
+
+    ``dims`` is the canonical text of the dimensions, so NULLs still make one row per group.
+    """
+
+    __tablename__ = "usage_hourly"
+    __table_args__ = (
+        UniqueConstraint("hour", "dims", name="uq_usage_hourly_hour_dims"),
+        Index("ix_usage_hourly_deployment_hour", "deployment", "hour"),
+        Index("ix_usage_hourly_org_hour", "org_id", "hour"),
+        Index("ix_usage_hourly_key_hour", "api_key_id", "hour"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    hour: Mapped[datetime] = mapped_column(UTCDateTime)
+    dims: Mapped[str] = mapped_column(String(400))
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    org_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    model: Mapped[str] = mapped_column(String(128))
+    deployment: Mapped[str | None] = mapped_column(String(128))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class FinopsState(Base):
+    """Small key/value state of finops (e.g. the price and billing-rule fingerprint)."""
+
+    __tablename__ = "finops_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -2,6 +2,94 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_api.deps import AdminDep, PrincipalDep, SessionDep, access
+from control_api.errors import InvalidTransition, NotFound
+from control_api.lifecycle import FINAL_STATES, transition
+from control_api.models import Instance, InstanceState
+from control_api.pagination import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    after_cursor,
+    decode_cursor,
+    page,
+)
+from control_api.routes.catalog import NowDep
+from control_api.schemas.instances import InstanceDetail, InstanceList, InstanceOut, TerminateIn
 
 router = APIRouter(prefix="/api/instances", tags=["instances"])
+
+CodeQuery = Annotated[str | None, Query(min_length=1, max_length=64)]
+# States from which a terminate request makes no sense: already gone, or already on its way.
+NOT_TERMINABLE = FINAL_STATES | {InstanceState.TERMINATING}
+
+
+def _get(db: Session, instance_id: uuid.UUID) -> Instance:
+    inst = db.get(Instance, instance_id)
+    if inst is None:
+        raise NotFound("instance not found")
+    return inst
+
+
+@router.get("", response_model=InstanceList, openapi_extra=access("user"))
+def list_instances(
+    _: PrincipalDep,
+    db: SessionDep,
+    state: Annotated[InstanceState | None, Query()] = None,
+    provider: CodeQuery = None,
+    cluster: CodeQuery = None,
+    zone: CodeQuery = None,
+    deployment_id: Annotated[uuid.UUID | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> InstanceList:
+    """Instances, newest first, filtered; ``next_cursor`` fetches the following page."""
+    stmt = select(Instance)
+    if state is not None:
+        stmt = stmt.where(Instance.state == state)
+    if provider is not None:
+        stmt = stmt.where(Instance.provider_code == provider)
+    if cluster is not None:
+        stmt = stmt.where(Instance.cluster_name == cluster)
+    if zone is not None:
+        stmt = stmt.where(Instance.zone_code == zone)
+    if deployment_id is not None:
+        stmt = stmt.where(Instance.deployment_id == deployment_id)
+    after = decode_cursor(cursor, uuid.UUID) if cursor is not None else None
+    stmt = after_cursor(stmt, Instance.created_at, Instance.id, after).limit(limit + 1)
+    items, next_cursor = page(list(db.scalars(stmt)), limit)
+    return InstanceList(items=[InstanceOut.of(i) for i in items], next_cursor=next_cursor)
+
+
+@router.get("/{instance_id}", response_model=InstanceDetail, openapi_extra=access("user"))
+def get_instance(instance_id: uuid.UUID, _: PrincipalDep, db: SessionDep) -> InstanceDetail:
+    """One instance with its state history and billing intervals."""
+    return InstanceDetail.of(_get(db, instance_id))
+
+
+@router.post("/{instance_id}/terminate", response_model=InstanceDetail,
+             openapi_extra=access("platform_admin"))
+def terminate_instance(
+    instance_id: uuid.UUID, admin: AdminDep, db: SessionDep, now: NowDep,
+    body: TerminateIn | None = None,
+) -> InstanceDetail:
+    """Move an instance to ``terminating``; the node provider deletes the VM afterwards.
+
+    Allowed from every live state and from ``failed`` (to clean up a VM that may remain);
+    409 ``invalid_transition`` when it is already terminating, terminated or archived.
+    """
+    inst = _get(db, instance_id)
+    if inst.state in NOT_TERMINABLE:
+        raise InvalidTransition(f"instance is {inst.state.value}; it cannot be terminated")
+    reason = (body.reason if body else None) or "terminate requested via the control API"
+    # expected_from guards against a concurrent transition between our read and the update.
+    transition(db, instance_id, InstanceState.TERMINATING, expected_from=inst.state, at=now,
+               reason=reason, actor="control_api", user_id=admin.user_id)
+    db.expire(inst)
+    return InstanceDetail.of(_get(db, instance_id))

@@ -1,7 +1,49 @@
-"""Routes under /api/internal."""
+"""Routes under /api/internal: what the data plane (node provider, ingress) calls.
+
+Service-token auth, batches, idempotent: the client retries and replays its spool freely.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
+from control_api.db import utcnow
+from control_api.deps import ServiceDep, SessionDep, access
+from control_api.schemas.internal import (
+    KeyVerifyRequest,
+    KeyVerifyResult,
+    LifecycleEventsRequest,
+    LifecycleEventsResult,
+    UsageRequest,
+    UsageResult,
+)
+from control_api.services import internal as service
+
 router = APIRouter(prefix="/api/internal", tags=["internal"])
+
+
+@router.post("/lifecycle-events", openapi_extra=access("service"))
+def post_lifecycle_events(body: LifecycleEventsRequest, db: SessionDep,
+                          caller: ServiceDep) -> LifecycleEventsResult:
+    """Apply instance lifecycle events (each at most once, by ``event_id``)."""
+    result = service.apply_lifecycle_events(db, body.events, actor=caller.component)
+    # Commit before answering: a 2xx tells the client it may delete its spooled copy.
+    db.commit()
+    return result
+
+
+@router.post("/usage", openapi_extra=access("service"))
+def post_usage(body: UsageRequest, db: SessionDep, caller: ServiceDep) -> UsageResult:
+    """Record usage (one row per ``request_id``; repeated ids are counted as duplicates)."""
+    result = service.insert_usage(db, body.records)
+    db.commit()
+    return result
+
+
+@router.post("/keys/verify", openapi_extra=access("service"))
+def post_keys_verify(body: KeyVerifyRequest, db: SessionDep,
+                     caller: ServiceDep) -> KeyVerifyResult:
+    """Resolve an API key hash to its principal; 404 for unknown, revoked or expired keys."""
+    result = service.verify_key(db, body.key_hash, now=utcnow())
+    db.commit()
+    return result

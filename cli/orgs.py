@@ -1,0 +1,139 @@
+"""`inventiv orgs …`: organisations and their members."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from cli.config import make_client
+from cli.output import JsonOpt, handles_errors, info, print_fields, print_json, print_table
+from control_api.client.api import is_uuid
+
+app = typer.Typer(help="Organisations and memberships.", no_args_is_help=True)
+
+
+class RoleName(StrEnum):
+    owner = "owner"
+    admin = "admin"
+    member = "member"
+    viewer = "viewer"
+
+
+OrgRef = Annotated[str, typer.Argument(help="Organisation id or name.")]
+
+
+@app.command("list")
+@handles_errors
+def list_orgs(json_out: JsonOpt = False) -> None:
+    """List your organisations (all of them for a platform admin)."""
+    with make_client() as client:
+        orgs = client.list_orgs()
+    if json_out:
+        print_json({"items": orgs})
+        return
+    print_table("Organisations", ["id", "name", "display name", "created"],
+                [(o.id, o.name, o.display_name, o.created_at) for o in orgs],
+                empty="no organisation")
+
+
+@app.command("create")
+@handles_errors
+def create(
+    name: Annotated[str, typer.Argument(help="Short unique name.")],
+    display_name: Annotated[str | None, typer.Option("--display-name")] = None,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", help="Username to add as the organisation's owner.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create an organisation (platform admin)."""
+    with make_client() as client:
+        org = client.create_org(name, display_name=display_name, owner_username=owner)
+    if json_out:
+        print_json(org)
+        return
+    info(f"Created organisation {org.name} ({org.id})")
+
+
+@app.command("show")
+@handles_errors
+def show(org: OrgRef, json_out: JsonOpt = False) -> None:
+    """Show one organisation."""
+    with make_client() as client:
+        found = client.find_org(org)
+    if json_out:
+        print_json(found)
+        return
+    print_fields(f"Organisation {found.name}", [
+        ("id", found.id), ("name", found.name), ("display name", found.display_name),
+        ("created", found.created_at)])
+
+
+@app.command("members")
+@handles_errors
+def members(org: OrgRef, json_out: JsonOpt = False) -> None:
+    """List the members of an organisation and their roles."""
+    with make_client() as client:
+        found = client.find_org(org)
+        items = client.list_members(found.id)
+    if json_out:
+        print_json({"items": items})
+        return
+    print_table(f"Members of {found.name}", ["user id", "username", "email", "role"],
+                [(m.user_id, m.username, m.email, m.role) for m in items], empty="no member")
+
+
+@app.command("add-member")
+@handles_errors
+def add_member(
+    org: OrgRef,
+    user: Annotated[str, typer.Argument(help="Username or user id.")],
+    role: Annotated[RoleName, typer.Option("--role", help="Role in the organisation.")]
+    = RoleName.member,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add a user to an organisation with a role."""
+    with make_client() as client:
+        found = client.find_org(org)
+        if is_uuid(user):
+            member = client.add_member(found.id, role.value, user_id=user)
+        else:
+            member = client.add_member(found.id, role.value, username=user)
+    if json_out:
+        print_json(member)
+        return
+    info(f"Added {member.username or member.user_id} to {found.name} as {member.role}")
+
+
+@app.command("set-role")
+@handles_errors
+def set_role(
+    org: OrgRef,
+    user: Annotated[str, typer.Argument(help="Username or user id.")],
+    role: Annotated[RoleName, typer.Option("--role", help="New role.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Change a member's role."""
+    with make_client() as client:
+        found = client.find_org(org)
+        member = client.set_member_role(found.id, client.find_member(found.id, user).user_id,
+                                        role.value)
+    if json_out:
+        print_json(member)
+        return
+    info(f"{member.username or member.user_id} is now {member.role} of {found.name}")
+
+
+@app.command("remove-member")
+@handles_errors
+def remove_member(
+    org: OrgRef,
+    user: Annotated[str, typer.Argument(help="Username or user id.")],
+) -> None:
+    """Remove a user from an organisation (an organisation keeps at least one owner)."""
+    with make_client() as client:
+        found = client.find_org(org)
+        member = client.find_member(found.id, user)
+        client.remove_member(found.id, member.user_id)
+    info(f"Removed {member.username or member.user_id} from {found.name}")

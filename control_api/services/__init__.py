@@ -1,0 +1,1 @@
+"""Domain logic behind the control API routes."""

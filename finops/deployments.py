@@ -1,0 +1,65 @@
+"""Per-deployment GPU cost and the optional per-token price override of a deployment spec."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_api.models import Deployment
+from finops.ledger import BillingRule, PriceSchedule, interval_cost_units, to_us
+from finops.queries import fetch_intervals, load_prices, load_rules
+
+
+def token_price_override(spec: dict[str, Any] | None) -> Decimal | None:
+    """``spec["pricing"]["eur_per_million_tokens"]`` as a Decimal, when set and valid."""
+    if not isinstance(spec, dict):
+        return None
+    pricing = spec.get("pricing")
+    if not isinstance(pricing, dict):
+        return None
+    raw = pricing.get("eur_per_million_tokens")
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        value = Decimal(str(raw))
+    except (InvalidOperation, ValueError):
+        return None
+    return value if value.is_finite() and value >= 0 else None
+
+
+def deployments_by_name(session: Session,
+                        names: Collection[str]) -> dict[str, tuple[uuid.UUID, dict[str, Any]]]:
+    """``name -> (id, spec)`` for the named deployments (deleted ones included: they cost)."""
+    if not names:
+        return {}
+    rows = session.execute(select(Deployment.name, Deployment.id, Deployment.spec)
+                           .where(Deployment.name.in_(list(names))))
+    return {n: (i, s or {}) for n, i, s in rows}
+
+
+def deployment_cost_units(session: Session, deployment_ids: Collection[uuid.UUID],
+                          start: datetime, end: datetime, now: datetime) -> dict[uuid.UUID, int]:
+    """GPU cost in units of each deployment's instances over ``[start, end)``."""
+    out: dict[uuid.UUID, int] = {d: 0 for d in deployment_ids}
+    if not deployment_ids:
+        return out
+    rules = load_rules(session)
+    prices = load_prices(session)
+    empty = PriceSchedule(())
+    w = (to_us(start), to_us(end))
+    now_us = to_us(now)
+    for iv in fetch_intervals(session, start, end, rules, deployment_ids=deployment_ids):
+        if iv.deployment_id is None:
+            continue
+        out[iv.deployment_id] = out.get(iv.deployment_id, 0) + interval_cost_units(
+            to_us(iv.started_at), None if iv.ended_at is None else to_us(iv.ended_at),
+            rules.get(iv.provider_code, BillingRule()),
+            prices.get((iv.provider_code, iv.instance_type_name), empty), w, now_us)
+    return out
+

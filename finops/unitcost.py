@@ -1,0 +1,98 @@
+"""EUR per million tokens per deployment, idle time included and reported separately.
+
+unit cost = GPU cost of the deployment's instances in the window / tokens served x 1e6.
+Idle cost = the cost of the buckets (hours; days for windows over 62 days) in which the
+deployment's instances ran but served no request; idle share = idle cost / cost.
+"""
+
+from __future__ import annotations
+
+import bisect
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_api.models import Deployment
+from finops.costs import bucketize, fetch_span_rows
+from finops.deployments import token_price_override
+from finops.ledger import EUR_QUANTUM, UNITS_PER_EUR, to_us, units_to_eur
+from finops.usage import usage_totals
+from finops.windows import TimeRange, bucket_edges
+
+RATIO_QUANTUM = Decimal("0.0001")
+
+
+@dataclass
+class UnitCost:
+    deployment_id: uuid.UUID | None
+    deployment: str | None
+    cost_eur: Decimal
+    idle_cost_eur: Decimal
+    idle_share: Decimal | None
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    eur_per_million_tokens: Decimal | None
+    price_override_eur_per_million_tokens: Decimal | None
+
+
+def eur_per_million(cost_units: int, tokens: int) -> Decimal | None:
+    """Cost per million tokens (micro-EUR precision), None when no token was served."""
+    if tokens <= 0:
+        return None
+    return (Decimal(cost_units) * 1_000_000 / (Decimal(UNITS_PER_EUR) * tokens)).quantize(
+        EUR_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def unit_costs(session: Session, rng: TimeRange, now_us: int,
+               deployment_ids: set[uuid.UUID] | None = None) -> list[UnitCost]:
+    """Unit costs of every deployment with cost or usage in ``rng`` (spans must be synced)."""
+    bucket = "hour" if rng.duration <= timedelta(days=62) else "day"
+    edges_dt = bucket_edges(rng, bucket)
+    edges = [to_us(e) for e in edges_dt]
+    rows = fetch_span_rows(session, edges[0], edges[-1], now_us, "deployment")
+    spans: dict[uuid.UUID | None, list[tuple[int, int, int]]] = defaultdict(list)
+    for dep, price, s, e in rows:
+        spans[dep].append((price, s, e))
+    deps = {i: (n, spec) for i, n, spec in session.execute(
+        select(Deployment.id, Deployment.name, Deployment.spec))}
+    by_name = {n: i for i, (n, _) in deps.items()}
+    usage = usage_totals(session, rng.start, rng.end, ("deployment",), by_hour=True)
+    active: dict[uuid.UUID | None, set[int]] = defaultdict(set)
+    totals: dict[uuid.UUID | None, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (name, hour), tot in usage.items():
+        dep_id = by_name.get(name)
+        if dep_id is None or tot.requests == 0:
+            continue
+        t = totals[dep_id]
+        t[0] += tot.requests
+        t[1] += tot.prompt_tokens
+        t[2] += tot.completion_tokens
+        # Mark the bucket(s) this usage hour touches as active.
+        h0, h1 = to_us(max(hour, rng.start)), to_us(min(hour + timedelta(hours=1), rng.end))
+        active[dep_id].add(max(0, _bucket_index(edges, h0)))
+        active[dep_id].add(max(0, _bucket_index(edges, max(h0, h1 - 1))))
+    out = []
+    for dep_id in sorted(set(spans) | set(totals), key=lambda d: str(d)):
+        if deployment_ids is not None and dep_id not in deployment_ids:
+            continue
+        per_bucket = bucketize(spans.get(dep_id, []), edges)
+        cost = sum(per_bucket)
+        idle = sum(c for k, c in enumerate(per_bucket) if k not in active.get(dep_id, set()))
+        req, pt, ct = totals.get(dep_id, [0, 0, 0])
+        name, spec = deps.get(dep_id, (None, None)) if dep_id else (None, None)
+        out.append(UnitCost(
+            dep_id, name, units_to_eur(cost), units_to_eur(idle),
+            (Decimal(idle) / Decimal(cost)).quantize(RATIO_QUANTUM) if cost else None,
+            req, pt, ct, eur_per_million(cost, pt + ct), token_price_override(spec)))
+    return out
+
+
+def _bucket_index(edges: list[int], t: int) -> int:
+    return min(bisect.bisect_right(edges, t) - 1, len(edges) - 2)
+
