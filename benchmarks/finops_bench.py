@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import time
 import uuid
@@ -137,7 +136,7 @@ def generate(engine: Any, sessions: Any, n_instances: int, days: int, usage_reco
     h0 = NOW.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours)
     for h in range(hours):
         hour = h0 + timedelta(hours=h)
-        for d, dname in deployments:
+        for _d, dname in deployments:
             for g in range(per_hour_groups):
                 key, org = keys[(h + g * 17 + hash(dname)) % len(keys)]
                 req = per_row

@@ -23,6 +23,7 @@ rendered Ray YAML, the SCW credentials for the autoscaler (0600 files) and a sys
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -46,9 +47,7 @@ from cluster.clouds.local import (
     LocalCloud,
     LocalConfig,
     default_ray_executable,
-    find_marked_leaders,
-    group_members,
-    signal_group,
+    find_marked,
 )
 from cluster.cluster_config import (
     HEAD_NODE_TYPE,
@@ -325,15 +324,21 @@ def down_local(cluster: ClusterFile, *, state_dir: Path | None = None,
     nodes = cloud.terminate_all(cluster.cluster_name)
     if nodes:
         say(f"stopped {nodes} node(s)")
-    # Anything left with our marker (a launcher killed mid-spawn): kill its group.
+    # Anything left with our marker (a launcher killed mid-spawn, a process Ray moved to its
+    # own session): kill it, and wait until nothing carries the marker.
     stray = 0
-    for _instance_id, (pid, _env) in find_marked_leaders(cloud.state_dir).items():
-        stray += 1
-        signal_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while stray and time.monotonic() < deadline and \
-            any(group_members(p) for p, _ in find_marked_leaders(cloud.state_dir).values()):
+    deadline = time.monotonic() + 10
+    while True:
+        left = [pid for procs in find_marked(cloud.state_dir).values() for pid, *_ in procs]
+        if not left or time.monotonic() >= deadline:
+            break
+        for pid in left:
+            stray += 1
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
+    if left:
+        raise HeadError(f"processes {left} of cluster {cluster.cluster_name} survived SIGKILL")
     if head is not None:
         (state / HEAD_FILE).unlink(missing_ok=True)
     return DownReport(head_stopped, nodes, stray)

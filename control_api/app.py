@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_api import bootstrap, migrate
 from control_api.db import make_engine, make_sessionmaker, session_scope
-from control_api.errors import error_body, install_error_handlers
+from control_api.errors import ERROR_RESPONSES, error_body, install_error_handlers
 from control_api.routes import (
     action_logs,
     api_keys,
@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, finops, instances,
                    action_logs, internal):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app
 

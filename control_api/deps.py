@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -36,6 +37,15 @@ def get_db(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+def get_now(request: Request) -> datetime:
+    """Now: ``app.state.clock()`` when a test or a simulation set one, else the UTC time."""
+    clock: Callable[[], datetime] | None = getattr(request.app.state, "clock", None)
+    return clock() if clock is not None else utcnow()
+
+
+NowDep = Annotated[datetime, Depends(get_now)]
 # scope="function": commit before the response is sent, so a 2xx means the write is durable.
 SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
@@ -80,7 +90,7 @@ class Principal:
             raise NotFound(f"{what} not found")
 
     def require_role(self, org_id: uuid.UUID, minimum: Role) -> None:
-        """403 unless the caller holds ``minimum`` or higher in ``org_id`` (or is platform admin)."""
+        """403 unless the caller holds ``minimum`` or higher in ``org_id`` (or platform admin)."""
         if self.is_platform_admin:
             return
         role = self.roles.get(org_id)

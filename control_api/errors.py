@@ -123,3 +123,31 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error: %s", type(exc).__name__)
         return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+
+
+# ---------------------------------------------------------------- OpenAPI documentation
+
+from pydantic import BaseModel  # noqa: E402
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answered by the control API."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    "400": "Bad request", "401": "Not authenticated", "403": "Forbidden", "404": "Not found",
+    "409": "Conflict", "413": "Body too large", "422": "Invalid request", "429": "Too many requests",
+}
+# Passed to include_router so the spec documents the real error shape (and replaces FastAPI's
+# default 422 ``{detail: [...]}`` schema, which this app never answers).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc} for code, desc in _DESCRIPTIONS.items()
+}

@@ -508,9 +508,10 @@ class Budget(Base):
 
 # ---------------------------------------------------------------- finops derived data
 
-# Pending ledger work is found through these small partial indexes (a few rows each).
+# Pending finops work is found through these partial indexes (normally (almost) empty).
+LEDGER_PENDING = "NOT ledger_closed AND (NOT ledger_spans OR ended_at IS NOT NULL)"
 Index("ix_billing_intervals_ledger_pending", BillingInterval.id,
-      postgresql_where=text("NOT ledger_closed"), sqlite_where=text("NOT ledger_closed"))
+      postgresql_where=text(LEDGER_PENDING), sqlite_where=text(LEDGER_PENDING))
 Index("ix_billing_intervals_ended", BillingInterval.ended_at)
 Index("ix_usage_records_unrolled", UsageRecord.at,
       postgresql_where=text("NOT rolled_up"), sqlite_where=text("NOT rolled_up"))
@@ -526,8 +527,9 @@ class CostSpan(Base):
 
     __tablename__ = "cost_spans"
     __table_args__ = (
-        Index("ix_cost_spans_start", "start_us"),
-        Index("ix_cost_spans_end", "end_us"),
+        # Two-column so an overlap test filters inside the index, without heap visits.
+        Index("ix_cost_spans_start", "start_us", "end_us"),
+        Index("ix_cost_spans_end", "end_us", "start_us"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),

@@ -16,14 +16,7 @@ from finops.ledger import BillingRule, PriceSchedule, interval_cost_units, to_us
 from finops.queries import fetch_intervals, load_prices, load_rules
 
 
-def token_price_override(spec: dict[str, Any] | None) -> Decimal | None:
-    """``spec["pricing"]["eur_per_million_tokens"]`` as a Decimal, when set and valid."""
-    if not isinstance(spec, dict):
-        return None
-    pricing = spec.get("pricing")
-    if not isinstance(pricing, dict):
-        return None
-    raw = pricing.get("eur_per_million_tokens")
+def _dec(raw: Any) -> Decimal | None:
     if raw is None or isinstance(raw, bool):
         return None
     try:
@@ -31,6 +24,27 @@ def token_price_override(spec: dict[str, Any] | None) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     return value if value.is_finite() and value >= 0 else None
+
+
+def token_price_override(spec: dict[str, Any] | None) -> tuple[Decimal, Decimal] | None:
+    """``(input, output)`` EUR per 1M tokens when the deployment spec overrides the price.
+
+    The deployment YAML's ``price: {input_eur_per_1m, output_eur_per_1m}``; a single
+    ``pricing.eur_per_million_tokens`` (both directions) is accepted too.
+    """
+    if not isinstance(spec, dict):
+        return None
+    price = spec.get("price")
+    if isinstance(price, dict):
+        i, o = _dec(price.get("input_eur_per_1m")), _dec(price.get("output_eur_per_1m"))
+        if i is not None and o is not None:
+            return i, o
+    pricing = spec.get("pricing")
+    if isinstance(pricing, dict):
+        both = _dec(pricing.get("eur_per_million_tokens"))
+        if both is not None:
+            return both, both
+    return None
 
 
 def deployments_by_name(session: Session,

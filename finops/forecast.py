@@ -1,10 +1,11 @@
 """Forecast: the burn rate of what runs now, floored by the capacity deployments require.
 
 Projected rate = max(current burn rate, scheduled minimum), where the scheduled minimum is, over
-the non-deleted deployments, ``min_replicas`` x the hourly price of the deployment's instance
-type (one replica per node). A deployment spec gives them as ``autoscaling.min_replicas`` (or
-``min_replicas``) and ``instance_type`` (or ``resources.instance_type`` / ``node_type``), with an
-optional ``provider``. The month-end projection is month-to-date + projected rate x the hours
+the non-deleted deployments, ``autoscaling.min_replicas`` x the hourly price of the node a replica
+needs (one replica per node): an explicit ``instance_type`` (optionally with ``provider``), else
+the cheapest catalog type with ``placement.accelerator_type`` GPUs and at least
+``engine.tensor_parallel_size`` of them. CPU-only deployments add nothing.
+The month-end projection is month-to-date + projected rate x the hours
 left in the month.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import Deployment
+from control_api.models import Deployment, InstanceType
 from finops.ledger import MICRO, PriceSchedule, to_us, units_to_eur
 from finops.queries import load_prices
 
@@ -64,19 +65,32 @@ def minimum_rate_micro(session: Session, now: datetime,
     """Hourly cost (micro-EUR/h) of the minimum capacity the deployments require."""
     prices = prices if prices is not None else load_prices(session)
     now_us = to_us(now)
+    types = session.execute(select(InstanceType.provider_code, InstanceType.name,
+                                   InstanceType.gpu_model, InstanceType.gpu_count)).all()
     total = 0
     for spec, in session.execute(select(Deployment.spec).where(Deployment.deleted_at.is_(None))):
         if not isinstance(spec, dict):
             continue
         n = _spec_min_replicas(spec)
-        itype = _spec_instance_type(spec)
-        if n == 0 or itype is None:
+        if n == 0:
             continue
+        itype = _spec_instance_type(spec)
         provider = spec.get("provider")
-        sched = next((s for (p, t), s in prices.items()
-                      if t == itype and (provider is None or p == provider)), None)
-        if sched is not None:
-            total += n * sched.price_at(now_us)
+        candidates: list[int] = []
+        if itype is not None:
+            candidates = [s.price_at(now_us) for (p, t), s in prices.items()
+                          if t == itype and (provider is None or p == provider)]
+        else:
+            placement = spec.get("placement") if isinstance(spec.get("placement"), dict) else {}
+            accel = (placement or {}).get("accelerator_type")
+            engine = spec.get("engine") if isinstance(spec.get("engine"), dict) else {}
+            tp = (engine or {}).get("tensor_parallel_size") or 1
+            if accel:
+                candidates = [prices[(p, t)].price_at(now_us) for p, t, gm, gc in types
+                              if gm == accel and (gc or 0) >= int(tp) and (p, t) in prices
+                              and (provider is None or p == provider)]
+        if candidates:
+            total += n * min(candidates)
     return total
 
 

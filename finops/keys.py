@@ -3,7 +3,8 @@
 spend = sum over the deployments the key used this month of
     the key's tokens / all tokens of that deployment this month x the deployment's GPU cost this
     month (billing intervals x prices, idle time included),
-or, when the deployment spec sets ``pricing.eur_per_million_tokens``, the key's tokens x that price.
+or, when the deployment spec overrides the price (``price.input_eur_per_1m`` and
+``output_eur_per_1m``), the key's prompt and completion tokens x those prices.
 
 Tokens are prompt + completion. A usage record without a deployment name is attributed to the
 deployment named like its model (Serve LLM names deployments after the model by default).
@@ -16,12 +17,11 @@ from datetime import datetime
 from decimal import Decimal
 from fractions import Fraction
 
-from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from control_api.models import UsageRecord
 from finops.deployments import deployment_cost_units, deployments_by_name, token_price_override
 from finops.ledger import EUR_QUANTUM, UNITS_PER_EUR
+from finops.usage import UsageTotals, usage_totals
 from finops.windows import month_start
 
 
@@ -37,23 +37,17 @@ def _fraction_to_eur(x: Fraction, quantum: Decimal = EUR_QUANTUM) -> Decimal:
 
 
 def key_month_tokens(session: Session, api_key_id: uuid.UUID, start: datetime,
-                     end: datetime) -> dict[str, tuple[int, int]]:
-    """``deployment name -> (key tokens, all tokens)`` for deployments the key used in range."""
-    u = UsageRecord
-    dep = func.coalesce(u.deployment, u.model)
-    tokens = u.prompt_tokens + u.completion_tokens
-    mine = dict(session.execute(
-        select(dep, func.sum(tokens)).where(u.api_key_id == api_key_id, u.at >= start, u.at < end)
-        .group_by(dep)).all())
+                     end: datetime) -> dict[str, tuple[UsageTotals, int]]:
+    """``deployment name -> (key usage, all tokens)`` for deployments the key used in range.
+
+    Two aggregate queries over the hourly rollup plus the raw records not yet rolled up.
+    """
+    mine = usage_totals(session, start, end, ("deployment",), api_key_id=api_key_id)
     if not mine:
         return {}
-    names = list(mine)
-    totals = dict(session.execute(
-        select(dep, func.sum(tokens)).where(
-            u.at >= start, u.at < end,
-            or_(u.deployment.in_(names), and_(u.deployment.is_(None), u.model.in_(names))))
-        .group_by(dep)).all())
-    return {n: (int(mine[n] or 0), int(totals.get(n) or 0)) for n in names}
+    names = [n for (n,) in mine]
+    totals = usage_totals(session, start, end, ("deployment",), deployments=names)
+    return {n: (mine[(n,)], totals[(n,)].tokens if (n,) in totals else 0) for n in names}
 
 
 def month_spend_eur(session: Session, api_key_id: uuid.UUID, now: datetime) -> Decimal:
@@ -71,9 +65,10 @@ def month_spend_eur(session: Session, api_key_id: uuid.UUID, now: datetime) -> D
         dep_id, spec = deps[name]
         override = token_price_override(spec)
         if override is not None:
-            total += Fraction(mine) * Fraction(override) / 1_000_000
+            total += (Fraction(mine.prompt_tokens) * Fraction(override[0])
+                      + Fraction(mine.completion_tokens) * Fraction(override[1])) / 1_000_000
         elif all_tokens > 0:
-            by_cost[dep_id] = (mine, all_tokens)
+            by_cost[dep_id] = (mine.tokens, all_tokens)
     costs = deployment_cost_units(session, list(by_cost), start, now, now)
     for dep_id, (mine, all_tokens) in by_cost.items():
         total += Fraction(costs.get(dep_id, 0) * mine, all_tokens * UNITS_PER_EUR)

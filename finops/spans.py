@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from control_api.db import utcnow
 from control_api.models import (
+    LEDGER_PENDING,
     BillingInterval,
     CostDaily,
     CostSpan,
@@ -246,8 +247,8 @@ def sync_spans(session: Session, *, batch: int = 5000, max_batches: int | None =
     same interval twice; an interval being closed right now is picked up by the next sync.
     """
     check_fingerprint(session)
-    rules = load_rules(session)
-    prices = load_prices(session)
+    rules: dict[str, BillingRule] | None = None
+    prices: dict[tuple[str, str], PriceSchedule] = {}
     empty = PriceSchedule(())
     bi = BillingInterval
     pg = session.get_bind().dialect.name == "postgresql"
@@ -258,14 +259,15 @@ def sync_spans(session: Session, *, batch: int = 5000, max_batches: int | None =
         q = (select(bi.id, bi.instance_id, bi.provider_code, bi.zone_code, bi.instance_type_name,
                     bi.deployment_id, bi.started_at, bi.ended_at)
              # Spelled like the partial index predicate so the planner uses it.
-             .where(text("NOT billing_intervals.ledger_closed"),
-                    or_(bi.ledger_spans.is_(False), bi.ended_at.is_not(None)))
+             .where(text(LEDGER_PENDING))
              .order_by(bi.id).limit(batch))
         if pg:
             q = q.with_for_update(skip_locked=True, of=bi)
         rows = session.execute(q).all()
         if not rows:
             break
+        if rules is None:  # loaded only when there is work (the common sync has none)
+            rules, prices = load_rules(session), load_prices(session)
         ids = [r.id for r in rows]
         session.execute(delete(CostSpan).where(CostSpan.interval_id.in_(ids)))
         spans: list[dict[str, object]] = []

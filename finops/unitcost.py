@@ -38,7 +38,8 @@ class UnitCost:
     prompt_tokens: int
     completion_tokens: int
     eur_per_million_tokens: Decimal | None
-    price_override_eur_per_million_tokens: Decimal | None
+    price_override_input_eur_per_1m: Decimal | None
+    price_override_output_eur_per_1m: Decimal | None
 
 
 def eur_per_million(cost_units: int, tokens: int) -> Decimal | None:
@@ -86,10 +87,12 @@ def unit_costs(session: Session, rng: TimeRange, now_us: int,
         idle = sum(c for k, c in enumerate(per_bucket) if k not in active.get(dep_id, set()))
         req, pt, ct = totals.get(dep_id, [0, 0, 0])
         name, spec = deps.get(dep_id, (None, None)) if dep_id else (None, None)
+        override = token_price_override(spec)
         out.append(UnitCost(
             dep_id, name, units_to_eur(cost), units_to_eur(idle),
             (Decimal(idle) / Decimal(cost)).quantize(RATIO_QUANTUM) if cost else None,
-            req, pt, ct, eur_per_million(cost, pt + ct), token_price_override(spec)))
+            req, pt, ct, eur_per_million(cost, pt + ct),
+            override[0] if override else None, override[1] if override else None))
     return out
 
 

@@ -297,28 +297,56 @@ def _environ(pid: int) -> dict[str, str]:
     return out
 
 
-def find_marked_leaders(state_dir: Path) -> dict[str, tuple[int, dict[str, str]]]:
-    """Process-group leaders carrying this state dir's marker: instance id -> (pid, environ).
+def find_marked(state_dir: Path) -> dict[str, list[tuple[int, int, dict[str, str]]]]:
+    """Live processes carrying this state dir's marker: instance id -> [(pid, ppid, environ)].
 
-    Only group leaders (pid == pgid) are considered: each node is started in its own session,
-    and every process of the node (raylet, workers) inherits the marker.
+    Every process of a node (``ray start``, raylet, agents, workers) inherits the marker, also
+    the ones Ray moves to a session of their own, which a process-group signal would miss.
     """
-    found: dict[str, tuple[int, dict[str, str]]] = {}
+    found: dict[str, list[tuple[int, int, dict[str, str]]]] = {}
     proc = Path("/proc")
     if not proc.is_dir():
         return found
-    marker = str(state_dir)
+    marker = str(state_dir).encode()
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
-        stat = _proc_stat(pid)
-        if stat is None or stat[1] != pid or stat[0] in ("Z", "X"):
+        try:
+            raw = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker not in raw:  # cheap pre-filter before parsing
             continue
         env = _environ(pid)
-        if env.get(MARK_STATE_DIR) == marker and env.get(MARK_INSTANCE):
-            found[env[MARK_INSTANCE]] = (pid, env)
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            continue
+        if env.get(MARK_STATE_DIR) == str(state_dir) and env.get(MARK_INSTANCE):
+            found.setdefault(env[MARK_INSTANCE], []).append((pid, _ppid(pid), env))
     return found
+
+
+def _ppid(pid: int) -> int:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    try:
+        return int(raw[raw.rfind(")") + 2:].split()[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def find_marked_leaders(state_dir: Path) -> dict[str, tuple[int, dict[str, str]]]:
+    """The root process of each marked node (its parent is not part of the same node)."""
+    out: dict[str, tuple[int, dict[str, str]]] = {}
+    for instance_id, procs in find_marked(state_dir).items():
+        pids = {p for p, _pp, _e in procs}
+        roots = sorted((p, e) for p, pp, e in procs if pp not in pids)
+        if roots:
+            out[instance_id] = roots[0]
+    return out
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -415,27 +443,21 @@ class LocalCloud:
                 if child is not None:
                     child.poll()  # reap our own exited child
                 if not process_alive(rec.pid, rec.start_ticks) and \
-                        not (rec.pgid and group_members(rec.pgid)):
+                        not self._node_processes(rec):
                     self._mark_terminated(rec, "exited" if rec.state == "running"
                                           else "terminated")
-            elif rec.state == "starting" and rec.pid is None:
-                # A launcher died before recording the pid: look for the marked process.
-                pass
         if self.config.scan_orphans:
-            live = {k for k, r in records.items() if r.state != "terminated"}
             for instance_id, (pid, env) in find_marked_leaders(self.state_dir).items():
                 rec = records.get(instance_id)
-                if rec is not None and rec.state != "terminated" and rec.pid == pid:
-                    continue
-                if rec is not None and rec.state == "starting":
+                if rec is not None and rec.state == "starting" and rec.pid is None:
+                    # Its launcher died between the spawn and the pid write: complete it.
                     stat = _proc_stat(pid)
-                    rec.pid, rec.pgid = pid, pid
+                    rec.pid, rec.pgid = pid, stat[1] if stat else pid
                     rec.start_ticks = stat[2] if stat else None
                     rec.state = "running"
                     continue
-                if instance_id in live and rec is not None and rec.pid != pid:
-                    log.warning("local cloud: %s has pid %s on record but %s carries its marker",
-                                instance_id, rec.pid, pid)
+                if rec is not None and rec.state != "terminated":
+                    continue
                 stat = _proc_stat(pid)
                 records[instance_id] = self._adopted_record(instance_id, pid, env,
                                                             stat[2] if stat else None)
@@ -445,6 +467,13 @@ class LocalCloud:
             if rec.state == "starting" and rec.pid is None and \
                     self._clock() - _ts(rec.created_at) > 60:
                 self._mark_terminated(rec, "never started")
+
+    def _node_processes(self, rec: LocalRecord) -> list[int]:
+        """Live processes of a node: its process group plus everything with its marker."""
+        pids = set(group_members(rec.pgid)) if rec.pgid else set()
+        marked = find_marked(self.state_dir).get(rec.provider_instance_id, [])
+        pids.update(p for p, _pp, _e in marked)
+        return sorted(pids)
 
     def _adopted_record(self, instance_id: str, pid: int, env: Mapping[str, str],
                         start_ticks: int | None) -> LocalRecord:
@@ -655,18 +684,27 @@ class LocalCloud:
                 log.info("local cloud: SIGTERM to node %s (pgid %s)", rec.provider_instance_id,
                          pgid)
                 signal_group(pgid, signal.SIGTERM)
-        elif pgid and now - rec.stop_requested_at >= self.config.stop_grace_s:
+            # Processes Ray moved to their own session are not in the group: signal them too.
+            self._signal_marked(rec, signal.SIGTERM)
+        elif now - rec.stop_requested_at >= self.config.stop_grace_s:
             log.info("local cloud: SIGKILL to node %s (pgid %s)", rec.provider_instance_id,
                      pgid)
-            signal_group(pgid, signal.SIGKILL)
+            if pgid:
+                signal_group(pgid, signal.SIGKILL)
+            self._signal_marked(rec, signal.SIGKILL)
         child = self._children.get(rec.pid or 0)
         if child is not None:
             child.poll()
-        if pgid and group_members(pgid):
+        if self._node_processes(rec):
             return False
         self._mark_terminated(rec, "terminated")
         log.info("local cloud: node %s is gone", rec.provider_instance_id)
         return True
+
+    def _signal_marked(self, rec: LocalRecord, sig: int) -> None:
+        for pid, *_ in find_marked(self.state_dir).get(rec.provider_instance_id, []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def terminate_all(self, cluster_name: str | None = None, *, wait: bool = True) -> int:
         """Terminate every live node (of one cluster, or all); returns how many were live."""
@@ -695,7 +733,8 @@ def local_launch_request(*, launch_id: str, cluster_name: str, node_type: str,
 
 __all__ = [
     "DEFAULT_ZONE", "LOCAL_PROVIDER", "LOCAL_STATUS_MAP", "LocalCloud", "LocalConfig",
-    "LocalInstanceType", "LocalRecord", "default_ray_executable", "find_marked_leaders",
+    "LocalInstanceType", "LocalRecord", "default_ray_executable", "find_marked",
+    "find_marked_leaders",
     "group_members", "load_local_catalog", "local_launch_request", "make_tags",
     "process_alive",
 ]

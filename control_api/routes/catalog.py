@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 
-from control_api.db import utcnow
-from control_api.deps import AdminDep, PrincipalDep, SessionDep, access
+from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
 from control_api.schemas.catalog import (
     InstanceTypeDetail,
     InstanceTypeList,
@@ -27,13 +24,6 @@ from control_api.services import catalog as svc
 router = APIRouter(prefix="/api/catalog", tags=["catalog"])
 
 
-def get_now(request: Request) -> datetime:
-    """Now: ``app.state.clock()`` when a test or a simulation set one, else the UTC time."""
-    clock: Callable[[], datetime] | None = getattr(request.app.state, "clock", None)
-    return clock() if clock is not None else utcnow()
-
-
-NowDep = Annotated[datetime, Depends(get_now)]
 # Codes are short identifiers; longer values are malformed rather than unknown.
 CodeQuery = Annotated[str | None, Query(min_length=1, max_length=64)]
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.deps import AdminDep, PrincipalDep, SessionDep, access
+from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
 from control_api.errors import InvalidTransition, NotFound
 from control_api.lifecycle import FINAL_STATES, transition
 from control_api.models import Instance, InstanceState
@@ -20,7 +20,6 @@ from control_api.pagination import (
     decode_cursor,
     page,
 )
-from control_api.routes.catalog import NowDep
 from control_api.schemas.instances import InstanceDetail, InstanceList, InstanceOut, TerminateIn
 
 router = APIRouter(prefix="/api/instances", tags=["instances"])

@@ -94,16 +94,20 @@ class InstanceTypeOut(BaseModel):
 
     @classmethod
     def of(cls, v: InstanceTypeView) -> InstanceTypeOut:
-        it = v.instance_type
-        return cls(
-            id=it.id, provider=it.provider_code, name=it.name, gpu_count=it.gpu_count,
-            gpu_model=it.gpu_model, gpu_vram_gb=it.gpu_vram_gb, vcpus=it.vcpus, ram_gb=it.ram_gb,
-            ray_resources=it.ray_resources,
-            hourly_eur=v.price.hourly_eur if v.price else None,
-            price_effective_from=v.price.effective_from if v.price else None,
-            zones=[ZoneAvailabilityOut(zone=a.zone_code, availability=a.availability)
-                   for a in v.availability],
-        )
+        return cls(**_type_fields(v))
+
+
+def _type_fields(v: InstanceTypeView) -> dict[str, Any]:
+    it = v.instance_type
+    return {
+        "id": it.id, "provider": it.provider_code, "name": it.name, "gpu_count": it.gpu_count,
+        "gpu_model": it.gpu_model, "gpu_vram_gb": it.gpu_vram_gb, "vcpus": it.vcpus,
+        "ram_gb": it.ram_gb, "ray_resources": it.ray_resources,
+        "hourly_eur": v.price.hourly_eur if v.price else None,
+        "price_effective_from": v.price.effective_from if v.price else None,
+        "zones": [ZoneAvailabilityOut(zone=a.zone_code, availability=a.availability)
+                  for a in v.availability],
+    }
 
 
 class InstanceTypeDetail(InstanceTypeOut):
@@ -112,9 +116,8 @@ class InstanceTypeDetail(InstanceTypeOut):
 
     @classmethod
     def of(cls, v: InstanceTypeView) -> InstanceTypeDetail:
-        base = InstanceTypeOut.of(v).model_dump()
         prices = sorted(v.instance_type.prices, key=lambda p: p.effective_from)
-        return cls(**base, prices=[PriceOut.of(p) for p in prices])
+        return cls(**_type_fields(v), prices=[PriceOut.of(p) for p in prices])
 
 
 class InstanceTypeList(BaseModel):

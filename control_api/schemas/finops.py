@@ -78,7 +78,8 @@ class UnitCostItem(Out):
     prompt_tokens: int
     completion_tokens: int
     eur_per_million_tokens: Decimal | None
-    price_override_eur_per_million_tokens: Decimal | None
+    price_override_input_eur_per_1m: Decimal | None
+    price_override_output_eur_per_1m: Decimal | None
 
 
 class UnitCostsOut(RangeOut):

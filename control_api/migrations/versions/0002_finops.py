@@ -14,6 +14,8 @@ from sqlalchemy.dialects import postgresql
 import control_api.db
 import control_api.models
 
+LEDGER_PENDING = "NOT ledger_closed AND (NOT ledger_spans OR ended_at IS NOT NULL)"
+
 revision: str = "0002"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
@@ -85,11 +87,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("cost_spans", schema=None) as batch_op:
-        batch_op.create_index("ix_cost_spans_end", ["end_us"], unique=False)
+        batch_op.create_index("ix_cost_spans_end", ["end_us", "start_us"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_cost_spans_interval_id"), ["interval_id"], unique=False
         )
-        batch_op.create_index("ix_cost_spans_start", ["start_us"], unique=False)
+        batch_op.create_index("ix_cost_spans_start", ["start_us", "end_us"], unique=False)
 
     op.create_table(
         "cost_daily",
@@ -130,8 +132,8 @@ def upgrade() -> None:
             "ix_billing_intervals_ledger_pending",
             ["id"],
             unique=False,
-            postgresql_where=sa.text("NOT ledger_closed"),
-            sqlite_where=sa.text("NOT ledger_closed"),
+            postgresql_where=sa.text(LEDGER_PENDING),
+            sqlite_where=sa.text(LEDGER_PENDING),
         )
 
     with op.batch_alter_table("budgets", schema=None) as batch_op:
@@ -170,8 +172,8 @@ def downgrade() -> None:
     with op.batch_alter_table("billing_intervals", schema=None) as batch_op:
         batch_op.drop_index(
             "ix_billing_intervals_ledger_pending",
-            postgresql_where=sa.text("NOT ledger_closed"),
-            sqlite_where=sa.text("NOT ledger_closed"),
+            postgresql_where=sa.text(LEDGER_PENDING),
+            sqlite_where=sa.text(LEDGER_PENDING),
         )
         batch_op.drop_index("ix_billing_intervals_ended")
         batch_op.drop_column("ledger_closed")
