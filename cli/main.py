@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli import api, auth, costs, db, instances, keys, logs, orgs, users
+from cli import api, auth, cluster, costs, db, instances, keys, logs, orgs, users
 from cli.config import make_client
 from cli.output import JsonOpt, handles_errors, print_json, print_table
 
@@ -29,6 +29,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(instances.app, name="instances")
 app.command("logs")(logs.logs)
 app.add_typer(costs.app, name="costs")
+app.add_typer(cluster.app, name="cluster")
 
 # The read side of the catalog. (When `catalog sync` lands, these move to their own module.)
 catalog_app = typer.Typer(help="The GPU catalog: providers, zones, instance types and prices.",

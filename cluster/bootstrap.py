@@ -227,11 +227,16 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _CloudConfigDumper.add_representer(str, _str_representer)
 
 
-def render_cloud_init(node: NodeBootstrap) -> str:
-    """The ``#cloud-config`` user data for a worker VM."""
-    body = yaml.dump(build_cloud_config(node), Dumper=_CloudConfigDumper, sort_keys=False,
+def dump_cloud_config(config: dict[str, Any]) -> str:
+    """Render a cloud-config mapping as ``#cloud-config`` YAML (the one dumper we use)."""
+    body = yaml.dump(config, Dumper=_CloudConfigDumper, sort_keys=False,
                      default_flow_style=False, width=4096)
     return "#cloud-config\n" + body
+
+
+def render_cloud_init(node: NodeBootstrap) -> str:
+    """The ``#cloud-config`` user data for a worker VM."""
+    return dump_cloud_config(build_cloud_config(node))
 
 
 def describe(node: NodeBootstrap) -> dict[str, Any]:

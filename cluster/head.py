@@ -39,8 +39,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cluster.bootstrap import systemd_quote
 from cluster.clouds.base import CloudInstance, LaunchRequest
 from cluster.clouds.local import (
@@ -359,7 +357,7 @@ def ray_nodes(gcs_address: str, token_path: str, timeout_s: float = 5.0) -> list
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
     os.environ.pop("RAY_AUTH_TOKEN", None)
-    from ray._raylet import GcsClient
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
     from ray.core.generated import gcs_pb2
 
     client = GcsClient(address=gcs_address)
@@ -419,7 +417,7 @@ def render_head_cloud_init(cluster: ClusterFile, *, head_instance_id: str, ray_t
                            scw_env: Mapping[str, str], service_token: str | None = None
                            ) -> str:
     """The head VM's ``#cloud-config``: secrets in 0600 files, the head as a systemd unit."""
-    from cluster.bootstrap import _CloudConfigDumper  # the same YAML dumper as workers
+    from cluster.bootstrap import dump_cloud_config  # the same YAML dumper as workers
 
     address = scaleway_head_address(cluster)
     ray_config = render_ray_config(
@@ -468,8 +466,7 @@ def render_head_cloud_init(cluster: ClusterFile, *, head_instance_id: str, ray_t
     config = {"package_update": False, "package_upgrade": False, "write_files": files,
               "runcmd": [["mkdir", "-p", SCW_STATE_DIR], ["systemctl", "daemon-reload"],
                          ["systemctl", "enable", "--now", HEAD_UNIT]]}
-    return "#cloud-config\n" + yaml.dump(config, Dumper=_CloudConfigDumper, sort_keys=False,
-                                         default_flow_style=False, width=4096)
+    return dump_cloud_config(config)
 
 
 def scaleway_cloud_for(cluster: ClusterFile) -> Any:

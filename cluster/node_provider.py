@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -125,7 +126,8 @@ class LifecycleReporter:
         self.cluster_name = cluster_name
         self.provider = provider
         self.retry_interval_s = retry_interval_s
-        self.sent: list[dict[str, Any]] = []  # every event reported by this process (in order)
+        # The latest events reported by this process, in order (bounded: the monitor runs long).
+        self.sent: deque[dict[str, Any]] = deque(maxlen=1000)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -250,7 +252,7 @@ def gcs_membership(head_address: str, timeout_s: float = 3.0) -> Callable[[], di
     state: dict[str, Any] = {}
 
     def probe() -> dict[str, str]:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
         from ray.core.generated import gcs_pb2
 
         client = state.get("client")
@@ -573,6 +575,13 @@ class InventivNodeProvider(NodeProvider):
                         resources: Mapping[str, float]) -> LaunchRequest:
         if not node.instance_type:
             raise InvalidRequest("node_config lacks instance_type")
+        hardware = getattr(self.cloud, "instance_types", {}).get(node.instance_type)
+        if hardware is not None and resources and \
+                {k: int(v) for k, v in resources.items()} != dict(hardware.resources):
+            # The autoscaler would plan with resources the node never advertises.
+            log.warning("node type %s declares %s but local instance type %s advertises %s",
+                        node.node_type, dict(resources), node.instance_type,
+                        dict(hardware.resources))
         user_data = None
         if self.settings.cloud != "local":
             # The local cloud runs the same bootstrap (argv/env) from its instance type.

@@ -448,15 +448,15 @@ class LocalCloud:
                                           else "terminated")
         if self.config.scan_orphans:
             for instance_id, (pid, env) in find_marked_leaders(self.state_dir).items():
-                rec = records.get(instance_id)
-                if rec is not None and rec.state == "starting" and rec.pid is None:
+                known = records.get(instance_id)
+                if known is not None and known.state == "starting" and known.pid is None:
                     # Its launcher died between the spawn and the pid write: complete it.
                     stat = _proc_stat(pid)
-                    rec.pid, rec.pgid = pid, stat[1] if stat else pid
-                    rec.start_ticks = stat[2] if stat else None
-                    rec.state = "running"
+                    known.pid, known.pgid = pid, stat[1] if stat else pid
+                    known.start_ticks = stat[2] if stat else None
+                    known.state = "running"
                     continue
-                if rec is not None and rec.state != "terminated":
+                if known is not None and known.state != "terminated":
                     continue
                 stat = _proc_stat(pid)
                 records[instance_id] = self._adopted_record(instance_id, pid, env,

@@ -23,6 +23,9 @@ from cluster.fake_scaleway import (
     serve_in_thread,
 )
 
+# One local Ray head per test session, shared by every module that needs it.
+from tests.cluster.ray_fixtures import local_ray_cluster  # noqa: E402,F401
+
 ZONES = ("fr-par-2", "pl-waw-2")
 
 
