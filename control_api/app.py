@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_api import bootstrap, migrate
+from control_api.background import PeriodicJobs, finops_refresh
 from control_api.db import make_engine, make_sessionmaker, session_scope
 from control_api.errors import ERROR_RESPONSES, error_body, install_error_handlers
 from control_api.routes import (
@@ -108,7 +109,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Printed once on the console for the laptop default; never sent to the logger.
             print(f"Created admin user '{result.username}' with password: "
                   f"{result.generated_password}", flush=True)
+        jobs = None
+        if settings.background_jobs:
+            jobs = PeriodicJobs(app.state.sessionmaker, {"finops": finops_refresh},
+                                settings.finops_refresh_seconds)
+            jobs.start()
+        app.state.jobs = jobs
         yield
+        if jobs is not None:
+            jobs.stop()
         engine.dispose()
 
     app = FastAPI(

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     argon2_parallelism: int = 1
     catalog_seed_file: Path | None = None
     run_migrations: bool = True
+    # Periodic jobs in the API process (FinOps refresh); off in tests that drive them directly.
+    background_jobs: bool = True
+    finops_refresh_seconds: float = Field(default=60.0, gt=0)
     # Largest JSON body the control API accepts (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
 

@@ -108,6 +108,7 @@ def settings(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
         service_token=SERVICE_TOKEN,  # type: ignore[arg-type]
         cookie_secure=False,
         run_migrations=False,  # the session fixture migrated already
+        background_jobs=False,  # tests drive periodic jobs themselves
         argon2_time_cost=1,
         argon2_memory_cost=8192,
     )

@@ -1,0 +1,70 @@
+"""Periodic jobs of the control API, in one daemon thread started by the app's lifespan.
+
+FinOps derived data (cost spans, hourly usage rollups, budget states) is refreshed here, so
+reads stay fast and budget states change even when nobody looks at them. Each job runs in its
+own unit of work; a failing job is logged and retried on the next tick, never kills the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_api.db import session_scope, utcnow
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[Session, datetime], object]
+
+
+def finops_refresh(session: Session, now: datetime) -> object:
+    """Sync cost spans of new/closed intervals, fold usage into hourly rows, evaluate budgets."""
+    from finops.budgets import evaluate_budgets
+    from finops.spans import sync_spans
+    from finops.usage import rollup_usage
+
+    synced = sync_spans(session)
+    rolled = rollup_usage(session)
+    evaluated = len(evaluate_budgets(session, now))
+    return {"intervals_synced": synced, "usage_rolled_up": rolled, "budgets": evaluated}
+
+
+@dataclass
+class PeriodicJobs:
+    """Runs ``jobs`` every ``interval_s`` seconds until ``stop()``."""
+
+    sessions: sessionmaker[Session]
+    jobs: dict[str, Job]
+    interval_s: float
+    clock: Callable[[], datetime] = utcnow
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    last_results: dict[str, object] = field(default_factory=dict)
+
+    def run_once(self) -> dict[str, object]:
+        for name, job in self.jobs.items():
+            try:
+                with session_scope(self.sessions) as s:
+                    self.last_results[name] = job(s, self.clock())
+            except Exception as exc:  # noqa: BLE001 - a job failure must not stop the loop
+                log.warning("background job %s failed: %s: %s", name, type(exc).__name__, exc)
+                self.last_results[name] = {"error": type(exc).__name__}
+        return dict(self.last_results)
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.interval_s):
+                self.run_once()
+
+        self._thread = threading.Thread(target=loop, name="inventiv-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
