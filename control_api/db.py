@@ -101,7 +101,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+            # then writes fails with "database is locked" at once when another writer is
+            # active (SQLite cannot wait there without deadlocking), whereas this one waits
+            # for the busy timeout. Readers are not blocked in WAL mode.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)

@@ -170,9 +170,14 @@ def test_concurrent_modification_is_detected(db: sessionmaker[Session]) -> None:
         inst_id = _instance(s, S.BOOTING).id
     a, b = db(), db()
     try:
-        a_inst = a.get(Instance, inst_id)
         b_inst = b.get(Instance, inst_id)
-        assert a_inst is not None and b_inst is not None and b_inst.version == 1
+        assert b_inst is not None and b_inst.version == 1
+        # End b's read transaction but keep its copy (expire_on_commit=False): on SQLite a
+        # writer holds the database lock for its whole transaction, so the interleaving is
+        # read (b) -> write (a) -> stale write (b), as between two API workers.
+        b.commit()
+        a_inst = a.get(Instance, inst_id)
+        assert a_inst is not None
         transition(a, inst_id, S.JOINING, at=T0 + timedelta(minutes=1))
         a.commit()
         # b still holds the version-1 copy (state booting): its guarded UPDATE matches no row.
