@@ -15,6 +15,7 @@ from control_api import bootstrap, migrate
 from control_api.background import PeriodicJobs, finops_refresh
 from control_api.db import make_engine, make_sessionmaker, session_scope
 from control_api.errors import ERROR_RESPONSES, error_body, install_error_handlers
+from control_api.reconciler import reconciler_from_env, start_reconciler_thread
 from control_api.routes import (
     action_logs,
     api_keys,
@@ -25,6 +26,7 @@ from control_api.routes import (
     instances,
     internal,
     orgs,
+    reconcile,
     service_tokens,
     users,
 )
@@ -115,7 +117,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                 settings.finops_refresh_seconds)
             jobs.start()
         app.state.jobs = jobs
+        reconciler_thread = None
+        if settings.background_jobs:
+            # Clusters to reconcile come from INVENTIV_RECONCILE_CLUSTERS (see reconciler.py).
+            rec = reconciler_from_env(app.state.sessionmaker)
+            if rec is not None:
+                app.state.reconciler = rec
+                reconciler_thread = start_reconciler_thread(
+                    rec, interval_s=settings.reconcile_interval_seconds)
         yield
+        if reconciler_thread is not None:
+            reconciler_thread.stop()
         if jobs is not None:
             jobs.stop()
         engine.dispose()
@@ -139,7 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     finops_metrics.install(app)
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, finops, instances,
-                   action_logs, internal):
+                   action_logs, internal, reconcile):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app

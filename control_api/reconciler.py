@@ -258,24 +258,33 @@ class RunnerLock:
 # ------------------------------------------------------------------------------ Ray
 
 
-def ray_gcs_nodes(gcs_address: str, timeout_s: int = 10) -> RayNodes:
-    """A ``ray_nodes`` source reading the autoscaler's cluster status from the Ray GCS.
+def ray_gcs_nodes(gcs_address: str, timeout_s: float = 5.0) -> RayNodes:
+    """A ``ray_nodes`` source asking the Ray GCS (``host:port``) for its ALIVE nodes.
 
-    Returns the cloud instance ids (``RAY_CLOUD_INSTANCE_ID`` of each raylet: the launch id or
-    the VM id) of the active and idle nodes; ``None`` when the GCS cannot be asked. One GCS
-    serves one cluster, so the cluster name is not used.
+    Returns their cloud instance ids (each raylet's ``RAY_CLOUD_INSTANCE_ID``: the launch id
+    our provider sets, or a VM id); ``None`` when the GCS cannot be asked -- unknown, never "no
+    nodes". One GCS serves one cluster, so the cluster name is not used. Needs the cluster's
+    Ray token in the environment (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN[_PATH]``).
     """
+    holder: dict[str, Any] = {}
 
     def nodes(_cluster: str) -> set[str] | None:
         try:
-            from ray.autoscaler.v2.sdk import get_cluster_status
+            from ray._raylet import GcsClient  # type: ignore[attr-defined]
+            from ray.core.generated import gcs_pb2
 
-            status = get_cluster_status(gcs_address, timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - Ray unreachable = unknown, never "no nodes"
-            log.warning("reconciler: Ray GCS %s unavailable: %s", gcs_address, exc)
+            client = holder.get("client")
+            if client is None:
+                client = holder["client"] = GcsClient(address=gcs_address)
+            infos = client.get_all_node_info(timeout=timeout_s)
+            alive = gcs_pb2.GcsNodeInfo.ALIVE  # type: ignore[attr-defined]
+            return {info.instance_id for info in infos.values()
+                    if info.state == alive and info.instance_id}
+        except Exception as exc:  # noqa: BLE001 - Ray unreachable = unknown
+            holder.pop("client", None)
+            log.warning("reconciler: Ray GCS %s unavailable: %s", gcs_address,
+                        type(exc).__name__)
             return None
-        return {n.instance_id for n in (*status.active_nodes, *status.idle_nodes)
-                if n.instance_id}
 
     return nodes
 
@@ -430,9 +439,10 @@ class Reconciler:
         status.rows = len(rows)
         if vms is None:
             # Nothing is known about the cloud: only DB-only facts (deadlines) are acted on.
-            for row in rows:
-                if row.deadline is not None and row.deadline <= now and row.state != S.FAILED:
-                    ctx.fail_stuck(row, None)
+            for stuck in rows:
+                if stuck.deadline is not None and stuck.deadline <= now and \
+                        stuck.state != S.FAILED:
+                    ctx.fail_stuck(stuck, None)
             status.api_calls = _api_calls(cloud) - calls_before
             return
 
@@ -442,6 +452,7 @@ class Reconciler:
         unmatched: list[CloudInstance] = []
         # A launch id must never have two VMs: the oldest one (or the recorded one) is kept.
         seen_launch: set[str] = set()
+        row: _Row | None
         for vm in sorted(vms, key=lambda v: (v.provider_instance_id not in by_pid,
                                              v.created_at is None, v.created_at,
                                              v.provider_instance_id)):
@@ -468,9 +479,9 @@ class Reconciler:
                 ctx.orphan(vm, stale.get(vm.provider_instance_id)
                            or stale.get(f"launch:{vm.launch_id}"))
 
-        for row in rows:
-            if row.id not in matched:
-                ctx.row_without_vm(row)
+        for unseen in rows:
+            if unseen.id not in matched:
+                ctx.row_without_vm(unseen)
         status.api_calls = _api_calls(cloud) - calls_before
 
     def _load_rows(self, cluster: str, provider: str) -> list[_Row]:

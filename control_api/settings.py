@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # Periodic jobs in the API process (FinOps refresh); off in tests that drive them directly.
     background_jobs: bool = True
     finops_refresh_seconds: float = Field(default=60.0, gt=0)
+    reconcile_interval_seconds: float = Field(default=60.0, gt=0)
     # Largest JSON body the control API accepts (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
 

@@ -58,13 +58,16 @@ def get_reconciler(request: Request) -> Reconciler:
 
 
 @router.post("/run", openapi_extra=access("platform_admin"))
-def run_reconcile(body: ReconcileRunRequest, request: Request,
+def run_reconcile(body: ReconcileRunRequest, request: Request, db: SessionDep,
                   _admin: AdminDep) -> dict[str, Any]:
     """Run one pass now (``dry_run``: report only, change nothing). A pass already running
     elsewhere makes this one answer ``skipped: "locked"``."""
     rec = get_reconciler(request)
     if body.cluster is not None and body.cluster not in rec.clouds:
         raise NotFound(f"cluster {body.cluster!r} is not reconciled here")
+    # The pass writes through its own sessions: end the request's transaction first (on SQLite
+    # every transaction takes the write lock up front, so holding it would block the pass).
+    db.commit()
     return rec.run_once(dry_run=body.dry_run, cluster=body.cluster).to_dict()
 
 

@@ -495,3 +495,47 @@ def test_reap_brake_limits_deletions_per_pass(cat: sessionmaker[Session], scw: S
     report = reconciler(cat, scw, ray=lambda _c: set(), settings=brake).run_once()
     assert len(report.reaped) == 2 and len(scw.servers()) == 3
     assert sum("brake" in a.reason for a in report.deferred) == 3
+
+
+def test_cli_reconcile_through_the_live_api(db: sessionmaker[Session], settings: Any,
+                                            scw: ScwEnv, tmp_path: Any) -> None:
+    import json
+
+    import httpx
+    from typer.testing import CliRunner
+
+    from cli.reconcile import app as reconcile_cli
+    from control_api.app import create_app
+    from tests.cli.conftest import CommitBeforeResponse, ServerThread
+    from tests.conftest import ADMIN_PASSWORD
+
+    app = create_app(settings)
+    if not any(getattr(r, "path", "").startswith("/api/reconcile") for r in app.routes):
+        app.include_router(reconcile_routes.router)
+    cloud = scw.cloud()
+    vm = launch(cloud, "l-cli")
+    scw.clock.advance(30 * MIN)
+    app.state.reconciler = reconciler(app.state.sessionmaker, scw, cloud, ray=lambda _c: set())
+    with ServerThread(CommitBeforeResponse(app)) as server:
+        token = httpx.post(f"{server.url}/api/auth/login", json={
+            "username": "admin", "password": ADMIN_PASSWORD}).json()["access_token"]
+        env = {"INVENTIV_API_URL": server.url, "INVENTIV_TOKEN": token,
+               "INVENTIV_CONFIG_DIR": str(tmp_path), "COLUMNS": "250"}
+        runner = CliRunner()
+        dry = runner.invoke(reconcile_cli, ["--dry-run", "--json"], env=env)
+        assert dry.exit_code == 0, (dry.stdout, dry.stderr)
+        body = json.loads(dry.stdout)
+        assert body["dry_run"] and body["reaped"][0]["provider_instance_id"] == \
+            vm.provider_instance_id
+        assert server_ids(scw) == {vm.provider_instance_id}
+
+        human = runner.invoke(reconcile_cli, [], env=env)
+        assert human.exit_code == 0, (human.stdout, human.stderr)
+        assert "reaped" in human.stdout and vm.provider_instance_id in human.stdout
+        assert server_ids(scw) == set()
+
+        last = runner.invoke(reconcile_cli, ["--last", "--json"], env=env)
+        assert last.exit_code == 0 and json.loads(last.stdout)["counts"]["reaped"] == 1
+
+        denied = runner.invoke(reconcile_cli, [], env={**env, "INVENTIV_TOKEN": "nope"})
+        assert denied.exit_code == 1 and "error:" in denied.stderr

@@ -11,8 +11,9 @@ reached the durable spool) and the provider object is replaced, like a restarted
 
 After settling (faults cleared, Ray's view known, the clock pushed past every grace period and
 deadline, reconcile passes run) the invariants are: every tagged VM has exactly one
-non-terminated instance row; no launch id has two VMs; no cost interval is open for a VM that is
-gone; every VM still there has an open cost interval.
+non-terminated instance row; no launch id has two VMs (also checked after every step); no cost
+interval is open for a VM that is gone; every VM still there has an open cost interval; no row
+is left past its state deadline; one more pass changes nothing.
 """
 
 from __future__ import annotations
@@ -168,7 +169,10 @@ def run_machine(engine: Engine, fake: FakeScaleway, token: Path, max_examples: i
 
         @rule(data=st.data(), crash=st.booleans())
         def scale_down(self, data: st.DataObject, crash: bool) -> None:
-            nodes = sorted(self.provider.non_terminated_nodes({}))
+            # Launch ids are random: order them by creation so a replay draws the same node.
+            seq = {parse_tags(s.tags).get(TAG_LAUNCH): i for i, s in enumerate(self.servers())}
+            nodes = sorted(self.provider.non_terminated_nodes({}),
+                           key=lambda n: (seq.get(n, len(seq)), n))
             if not nodes:
                 return
             node = data.draw(st.sampled_from(nodes))
@@ -267,6 +271,11 @@ def run_machine(engine: Engine, fake: FakeScaleway, token: Path, max_examples: i
                 if inst.provider_instance_id not in servers:
                     assert inst.id not in open_ivs, ("interval open for a gone VM",
                                                      inst.launch_id, inst.state)
+            # No instance is left stuck past its state deadline.
+            now = self.now()
+            stuck = [(i.launch_id, i.state) for i in insts if i.state not in FINAL
+                     and i.state_deadline_at is not None and i.state_deadline_at <= now]
+            assert not stuck, stuck
             # Settled means quiet: one more pass changes nothing.
             self.env.clock.advance(60)
             last = self.reconciler.run_once()
@@ -284,7 +293,7 @@ def test_reconciler_state_machine(engine: Engine, fake_server: FakeScaleway,
     token.write_text("ray-cluster-token-for-tests\n")
     if engine.dialect.name == "sqlite":
         # Same code paths; fewer examples keep the suite fast (Postgres is production's).
-        run_machine(engine, fake_server, token, max_examples=12, steps=20)
+        run_machine(engine, fake_server, token, max_examples=30, steps=25)
     else:
         run_machine(engine, fake_server, token, max_examples=30, steps=25)
 
