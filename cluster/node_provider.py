@@ -168,7 +168,8 @@ class LifecycleReporter:
                provider_instance_id: str | None = None, ray_node_id: str | None = None,
                private_ip: str | None = None, public_ip: str | None = None,
                cloud_exists: bool | None = None, error_code: str | None = None,
-               error_message: str | None = None, reason: str | None = None) -> None:
+               error_message: str | None = None, reason: str | None = None,
+               cloud_created_at: datetime | None = None) -> None:
         """Record one transition; never raises (a reporting problem must not stop Ray)."""
         event = {
             # Deterministic per (launch, state): a provider restart re-reporting a state is a
@@ -181,6 +182,7 @@ class LifecycleReporter:
             "at": datetime.now(UTC).isoformat(), "error_code": error_code,
             "error_message": (error_message or "")[:4000] or None, "reason": reason,
             "cloud_exists": cloud_exists,
+            "cloud_created_at": cloud_created_at.isoformat() if cloud_created_at else None,
         }
         event = {k: v for k, v in event.items() if v is not None}
         with self._lock:
@@ -285,6 +287,7 @@ class _Node:
     tags: dict[str, str] = field(default_factory=dict)
     reported: str | None = None  # the last lifecycle state reported by this process
     ray_node_id: str | None = None
+    created_at: datetime | None = None  # the cloud's creation time (billing starts there)
 
 
 def _error_category(err: CloudError) -> str:
@@ -335,7 +338,8 @@ class InventivNodeProvider(NodeProvider):
         return _Node(node_id=node_id, node_type=node_type, instance_type=inst.instance_type,
                      kind=NODE_KIND_HEAD if is_head else NODE_KIND_WORKER, state=inst.state,
                      provider_instance_id=inst.provider_instance_id, zone=inst.zone,
-                     private_ip=inst.private_ip, public_ip=inst.public_ip)
+                     private_ip=inst.private_ip, public_ip=inst.public_ip,
+                     created_at=inst.created_at)
 
     def _refresh(self, force: bool = False) -> None:
         """Re-list the cloud when the cache is older than the TTL (call with the lock held)."""
@@ -538,7 +542,8 @@ class InventivNodeProvider(NodeProvider):
             raise
         with self._lock:
             live = replace(node, state=inst.state, provider_instance_id=inst.provider_instance_id,
-                           zone=inst.zone, private_ip=inst.private_ip, public_ip=inst.public_ip)
+                           zone=inst.zone, private_ip=inst.private_ip, public_ip=inst.public_ip,
+                           created_at=inst.created_at)
             self._creating.pop(launch_id, None)
             self._nodes[launch_id] = live
             self._known.add(launch_id)
@@ -668,7 +673,8 @@ class InventivNodeProvider(NodeProvider):
             node_type=node.node_type or None, zone=fields.pop("zone", node.zone),
             provider_instance_id=fields.pop("provider_instance_id", None)
             or node.provider_instance_id,
-            private_ip=node.private_ip, public_ip=node.public_ip, **fields)
+            private_ip=node.private_ip, public_ip=node.public_ip,
+            cloud_created_at=fields.pop("cloud_created_at", node.created_at), **fields)
 
 
 def make_cloud(settings: ProviderSettings) -> Cloud:

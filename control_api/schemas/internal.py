@@ -81,6 +81,9 @@ class LifecycleEventIn(_Request):
     error_message: Annotated[str, Field(max_length=4000)] | None = None
     reason: Annotated[str, Field(max_length=1000)] | None = None
     cloud_exists: bool | None = None
+    # When the cloud created the VM (Scaleway bills from creation): the cost interval starts
+    # there rather than at the event's time, so a late or adopted report loses no minutes.
+    cloud_created_at: UtcDatetime | None = None
 
 
 class LifecycleEventsRequest(_Request):

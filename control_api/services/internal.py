@@ -323,7 +323,10 @@ def _apply_billing(session: Session, inst: Instance, ev: LifecycleEventIn, actor
         .order_by(BillingInterval.ended_at.desc()).limit(1))
     if last_end is not None and last_end >= ev.at:
         return  # an old observation must not reopen an interval already closed after it
-    if open_billing_interval(session, inst, ev.at):
+    start = ev.at
+    if ev.cloud_created_at is not None and ev.cloud_created_at < ev.at:
+        start = ev.cloud_created_at if last_end is None else max(ev.cloud_created_at, last_end)
+    if open_billing_interval(session, inst, start):
         _billing_log(session, inst, "billing.interval_opened", ev, actor)
 
 

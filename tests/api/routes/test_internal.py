@@ -241,6 +241,21 @@ def test_billing_opens_on_cloud_confirmation_and_closes_when_gone(
     assert _count(db, ActionLog, ActionLog.type == "billing.interval_closed") == 1
 
 
+def test_billing_starts_at_the_clouds_creation_time(
+        client: TestClient, service_headers: dict[str, str], db: sessionmaker[Session]) -> None:
+    """A VM reported late (e.g. adopted after a provider crash) is billed from its creation."""
+    created = (T0 + timedelta(minutes=2)).isoformat()
+    post(client, service_headers, LIFECYCLE, {"events": [
+        ev("C1", "ready", 9, cloud_exists=True, provider_instance_id="srv-c1",
+           cloud_created_at=created)]})
+    assert _intervals(db, "C1") == [(T0 + timedelta(minutes=2), None)]
+    # A creation time after the event's time is not trusted: the interval starts at the event.
+    post(client, service_headers, LIFECYCLE, {"events": [
+        ev("C2", "ready", 9, cloud_exists=True, provider_instance_id="srv-c2",
+           cloud_created_at=(T0 + timedelta(minutes=30)).isoformat())]})
+    assert _intervals(db, "C2") == [(T0 + timedelta(minutes=9), None)]
+
+
 def test_failed_with_cloud_gone_closes_billing(client: TestClient,
                                                service_headers: dict[str, str],
                                                db: sessionmaker[Session]) -> None:
