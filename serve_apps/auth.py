@@ -1,0 +1,185 @@
+"""API key verification for the ingress: format check, then the control API, cached.
+
+- A key that is not ``ia-…`` with a valid checksum is refused without any lookup.
+- Otherwise its SHA-256 is verified through the control API (``InternalClient.verify_key``) and
+  the answer cached ``ttl`` seconds (at most 30: a revoked key stops working within that), a
+  refusal ``negative_ttl`` seconds (so a flood of one bad key costs one lookup per period).
+- When the control API cannot answer, a key verified less than ``stale`` seconds ago keeps
+  working (an outage of the control plane must not stop inference); unknown keys get a 503.
+- One lookup per key at a time (single flight): a burst of requests with a new key waits for
+  the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from control_api.client.internal import (
+    ControlApiUnavailable,
+    InternalApiError,
+    KeyRejected,
+)
+from control_api.schemas.internal import KeyVerifyResult
+from control_api.security import api_key_well_formed, sha256_hex
+from serve_apps import protocol
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and its org, what it may use and its limits."""
+
+    api_key_id: uuid.UUID
+    org_id: uuid.UUID
+    user_id: uuid.UUID | None
+    allowed_models: frozenset[str] | None
+    rpm_limit: int | None
+    tpm_limit: int | None
+    budget_left_eur: Decimal | None
+    # Wall time (epoch s) of the verification ``budget_left_eur`` comes from.
+    verified_at: float = 0.0
+
+    @classmethod
+    def from_verify(cls, r: KeyVerifyResult, verified_at: float = 0.0) -> Principal:
+        return cls(api_key_id=r.api_key_id, org_id=r.org_id, user_id=r.user_id,
+                   allowed_models=None if r.allowed_models is None else frozenset(
+                       r.allowed_models),
+                   rpm_limit=r.rpm_limit, tpm_limit=r.tpm_limit,
+                   budget_left_eur=r.budget_left_eur, verified_at=verified_at)
+
+    def may_use(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+@dataclass
+class _Entry:
+    principal: Principal | None  # None: refused
+    code: str  # the refusal code when refused
+    at: float
+
+
+@dataclass
+class CacheStats:
+    lookups: int = 0
+    hits: int = 0
+    stale_served: int = 0
+    rejected_malformed: int = 0
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header (None if absent or not Bearer)."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+class KeyCache:
+    """Resolve API keys to principals, with TTL, stale-while-down and single flight."""
+
+    def __init__(self, verify: Callable[[str], KeyVerifyResult], *, ttl: float = 15.0,
+                 stale: float = 900.0, negative_ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time,
+                 max_entries: int = 100_000) -> None:
+        if ttl > 30:
+            raise ValueError("ttl must be <= 30 s: a revoked key must stop within 30 s")
+        self._verify = verify
+        self.ttl = ttl
+        self.stale = max(stale, ttl)
+        self.negative_ttl = negative_ttl
+        self._clock = clock
+        self._wall = wall
+        self._max = max_entries
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[_Entry]] = {}
+        # After a failed lookup the control API is presumed down this long: known keys are
+        # served from the cache without a lookup each (no retry storm against a dead API).
+        self.down_backoff = min(ttl, 5.0)
+        self._down_until = float("-inf")
+        self.stats = CacheStats()
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of a request's ``Authorization`` header, or an ``OpenAIError``
+        (401 missing/malformed/unknown/revoked, 503 when it cannot be verified)."""
+        key = bearer_key(authorization)
+        if key is None:
+            raise protocol.missing_key()
+        if not api_key_well_formed(key):
+            self.stats.rejected_malformed += 1
+            raise protocol.invalid_key()
+        return await self.principal(sha256_hex(key))
+
+    async def principal(self, key_hash: str) -> Principal:
+        now = self._clock()
+        entry = self._entries.get(key_hash)
+        if entry is not None and now - entry.at < (
+                self.ttl if entry.principal is not None else self.negative_ttl):
+            self.stats.hits += 1
+            return _unwrap(entry)
+        if entry is not None and entry.principal is not None and now < self._down_until \
+                and now - entry.at < self.stale:
+            self.stats.stale_served += 1
+            return entry.principal
+        pending = self._inflight.get(key_hash)
+        if pending is not None:
+            return _unwrap(await asyncio.shield(pending))
+        fut: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        self._inflight[key_hash] = fut
+        try:
+            fresh = await self._lookup(key_hash, entry)
+            fut.set_result(fresh)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            # Other waiters see the exception; make sure it is retrieved.
+            fut.exception()
+            raise
+        finally:
+            del self._inflight[key_hash]
+        return _unwrap(fresh)
+
+    async def _lookup(self, key_hash: str, old: _Entry | None) -> _Entry:
+        self.stats.lookups += 1
+        asked_at = self._wall()
+        try:
+            result = await asyncio.to_thread(self._verify, key_hash)
+        except KeyRejected as exc:
+            entry = _Entry(None, exc.code, self._clock())
+        except (ControlApiUnavailable, InternalApiError) as exc:
+            # Unreachable, or a refusal that says nothing about the key (e.g. our service
+            # token): serve what we knew, within the stale limit.
+            if isinstance(exc, InternalApiError) and exc.status == 404:
+                raise
+            self._down_until = self._clock() + self.down_backoff
+            if old is not None and old.principal is not None and \
+                    self._clock() - old.at < self.stale:
+                self.stats.stale_served += 1
+                return old
+            raise protocol.auth_unavailable() from exc
+        else:
+            entry = _Entry(Principal.from_verify(result, verified_at=asked_at), "",
+                           self._clock())
+        self._store(key_hash, entry)
+        return entry
+
+    def _store(self, key_hash: str, entry: _Entry) -> None:
+        self._entries[key_hash] = entry
+        self._entries.move_to_end(key_hash)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def forget(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+
+def _unwrap(entry: _Entry) -> Principal:
+    if entry.principal is None:
+        raise protocol.invalid_key(entry.code)
+    return entry.principal

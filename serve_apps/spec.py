@@ -1,0 +1,302 @@
+"""The deployment YAML: which models run, on what, how they scale, with which request limits.
+
+A file lists deployments; each deployment is one model served by one Ray Serve LLM deployment
+(vLLM), behind the single ingress of the app. GPU and CPU differ only in ``placement``: a GPU
+deployment names an ``accelerator_type`` (e.g. ``L4``, mapped to Ray's accelerator type); a CPU
+one leaves it null and may ask for custom node resources (e.g. ``local_gpu_slot`` on the local
+cloud), which go into the replica's placement bundle.
+
+Every model forbids unknown fields. ``load_spec_file``/``parse_spec`` raise ``SpecError`` whose
+items name the field path and the YAML line, e.g. ``deployments[0].limits.max_tokens (line 14):
+Input should be greater than or equal to 1``. ``configs/schemas/deployment.schema.json`` is
+generated from :class:`DeploymentFile` (``python -m serve_apps.spec --schema``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "configs" / "schemas" / \
+    "deployment.schema.json"
+SPEC_VERSION = 1
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+ModelName = Annotated[str, Field(min_length=1, max_length=128,
+                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")]
+ResourceName = Annotated[str, Field(min_length=1, max_length=64,
+                                    pattern=r"^[A-Za-z_][A-Za-z0-9_:.-]*$")]
+EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Z_][A-Z0-9_]*$")]
+# Resources that are not "custom": Ray schedules them by their own fields.
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Spec):
+    """The model: the id clients send (``name``), where its weights are, what it does."""
+
+    name: ModelName = Field(description="The served model id (the OpenAI `model` field).")
+    source: Annotated[str, Field(min_length=1, max_length=1024)] = Field(
+        description="A Hugging Face id (org/name), a local directory or an s3:// URI.")
+    task: Literal["chat", "embed"] = "chat"
+    tokenizer_source: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    lora_source: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="Where LoRA adapters are loaded from (dynamic loading path).")
+
+
+class EngineSpec(_Spec):
+    """vLLM engine arguments. The common ones are typed (typos are caught); ``extra_args`` passes
+    anything else to vLLM unchanged."""
+
+    max_model_len: Annotated[int, Field(ge=16, le=1_048_576)]
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    enforce_eager: bool = False
+    max_num_seqs: Annotated[int, Field(ge=1, le=4096)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
+    enable_prefix_caching: bool | None = None
+    extra_args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_shadowing(self) -> EngineSpec:
+        typed = set(type(self).model_fields) - {"extra_args"}
+        clash = sorted(typed & set(self.extra_args))
+        if clash:
+            raise ValueError(f"extra_args repeats typed engine fields: {', '.join(clash)}")
+        return self
+
+
+class PlacementSpec(_Spec):
+    """Where replicas run. GPU: ``accelerator_type`` (Ray's, e.g. L4, H100). CPU: null; then
+    ``resources`` (e.g. ``{local_gpu_slot: 1}``) pins replicas to node types that offer them."""
+
+    accelerator_type: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    cpus: Annotated[float, Field(gt=0, le=256)] = 1
+    resources: dict[ResourceName, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _custom_only(self) -> PlacementSpec:
+        reserved = sorted(RESERVED_RESOURCES & set(self.resources))
+        if reserved:
+            raise ValueError(f"resources may only name custom resources, not {reserved} "
+                             "(use cpus / accelerator_type)")
+        return self
+
+
+class AutoscalingSpec(_Spec):
+    """Replica bounds and the load target. Always explicit: Ray Serve LLM's defaults (1e9
+    ongoing requests) would mean autoscaling never reacts."""
+
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    initial_replicas: Annotated[int, Field(ge=0, le=1000)] | None = None
+    target_ongoing_requests: Annotated[float, Field(gt=0, le=10_000)] = 8
+    max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = 32
+    # Requests waiting for a replica beyond this are refused (429 + Retry-After), never hang.
+    max_queued_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 64
+    downscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 300
+    upscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 30
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must be <= max_replicas")
+        if self.initial_replicas is not None and not (
+                self.min_replicas <= self.initial_replicas <= self.max_replicas):
+            raise ValueError("initial_replicas must be within min_replicas..max_replicas")
+        if self.max_ongoing_requests < self.target_ongoing_requests:
+            raise ValueError("max_ongoing_requests must be >= target_ongoing_requests")
+        return self
+
+
+class LimitsSpec(_Spec):
+    """Per-request limits the ingress enforces before dispatch."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
+    max_n: Annotated[int, Field(ge=1, le=16)] = 1
+    max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = 1024 * 1024
+    max_messages: Annotated[int, Field(ge=1, le=10_000)] = 128
+    max_prompt_tokens: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
+    max_top_logprobs: Annotated[int, Field(ge=0, le=20)] = 0
+    max_embedding_inputs: Annotated[int, Field(ge=1, le=4096)] = 64
+    # A stream running longer is ended with an error event (non-streamed requests are bounded
+    # by Ray Serve LLM's router timeout, RAY_SERVE_LLM_ROUTER_HTTP_TIMEOUT, 600 s by default).
+    request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600
+
+
+class PriceSpec(_Spec):
+    """Price override per 1M tokens, in EUR (otherwise the catalog's price applies)."""
+
+    input_eur_per_1m: Annotated[Decimal, Field(ge=0, le=10_000, decimal_places=6)]
+    output_eur_per_1m: Annotated[Decimal, Field(ge=0, le=10_000, decimal_places=6)]
+
+
+class DeploymentSpec(_Spec):
+    """One model deployment."""
+
+    name: Name
+    model: ModelSpec
+    engine: EngineSpec
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    allowed_orgs: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, description="Org names or ids that may use it; null: every org.")
+    price: PriceSpec | None = None
+    env: dict[EnvName, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DeploymentSpec:
+        if self.limits.max_tokens >= self.engine.max_model_len:
+            raise ValueError(f"limits.max_tokens ({self.limits.max_tokens}) must be below "
+                             f"engine.max_model_len ({self.engine.max_model_len})")
+        if self.model.task == "embed" and self.model.lora_source is not None:
+            raise ValueError("LoRA adapters are for chat models")
+        return self
+
+
+class DeploymentFile(_Spec):
+    """A deployment YAML file: the deployments of one Serve application."""
+
+    version: Literal[1] = 1
+    deployments: Annotated[list[DeploymentSpec], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeploymentFile:
+        for attr in ("name", "model"):
+            seen: set[str] = set()
+            for dep in self.deployments:
+                value = dep.name if attr == "name" else dep.model.name
+                if value in seen:
+                    raise ValueError(f"duplicate {'deployment' if attr == 'name' else 'model'} "
+                                     f"name {value!r}")
+                seen.add(value)
+        return self
+
+
+# ---------------------------------------------------------------- parsing with line numbers
+
+
+@dataclass(frozen=True)
+class SpecIssue:
+    """One problem: the field path (``deployments[0].limits.n``), its YAML line, the message."""
+
+    field: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line is not None else ""
+        return f"{self.field or '<root>'}{where}: {self.message}"
+
+
+class SpecError(ValueError):
+    """The deployment YAML is invalid; ``issues`` says where and why."""
+
+    def __init__(self, issues: list[SpecIssue], source: str = "<yaml>") -> None:
+        self.issues = issues
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(str(i) for i in issues))
+
+
+def parse_spec(text: str, source: str = "<yaml>") -> DeploymentFile:
+    """Validate a deployment YAML document; raises ``SpecError`` naming fields and lines."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([SpecIssue("", line, f"invalid YAML: {problem}")], source) from None
+    if not isinstance(data, dict):
+        raise SpecError([SpecIssue("", 1, "the document must be a mapping with `deployments`")],
+                        source)
+    try:
+        return DeploymentFile.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err["loc"])
+            issues.append(SpecIssue(_path(loc), _line_of(node, loc), _message(err)))
+        raise SpecError(issues, source) from None
+
+
+def load_spec_file(path: Path | str) -> DeploymentFile:
+    """Read and validate a deployment YAML file."""
+    p = Path(path)
+    return parse_spec(p.read_text(encoding="utf-8"), source=str(p))
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown field"
+    return re.sub(r"^Value error, ", "", msg)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the deepest YAML node along ``loc`` (the key line for mappings)."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value == part:
+                    line = key.start_mark.line + 1
+                    node = value
+                    break
+            else:
+                return line  # a missing field: the line of its parent
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line  # pydantic's own loc parts (e.g. a union branch name)
+    return line
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON schema of a deployment YAML file."""
+    schema = DeploymentFile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Inventiv Agents deployment file"
+    return schema
+
+
+def render_json_schema() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m serve_apps.spec --schema`
+    if sys.argv[1:] == ["--schema"]:
+        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
+        SCHEMA_PATH.write_text(render_json_schema(), encoding="utf-8")
+        print(f"wrote {SCHEMA_PATH}")
+    else:
+        for arg in sys.argv[1:]:
+            print(load_spec_file(arg).model_dump_json(indent=2))

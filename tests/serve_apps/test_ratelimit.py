@@ -1,0 +1,92 @@
+"""Sliding-window RPM/TPM with reservations (the state of the shared limiter actor)."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_apps.ratelimit import WINDOW_S, RateWindows
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 500.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_rpm_window_slides() -> None:
+    clock = Clock()
+    w = RateWindows(clock)
+    assert [w.acquire("k", f"r{i}", 3, None, 0) for i in range(3)] == [0.0, 0.0, 0.0]
+    clock.t += 10
+    assert w.acquire("k", "r3", 3, None, 0) == pytest.approx(WINDOW_S - 10)
+    assert w.acquire("other", "x", 3, None, 0) == 0.0  # per key
+    clock.t += WINDOW_S - 10
+    assert w.acquire("k", "r4", 3, None, 0) == 0.0
+
+
+def test_tpm_reserves_worst_case_then_settles() -> None:
+    clock = Clock()
+    w = RateWindows(clock)
+    assert w.acquire("k", "a", None, 1000, 800) == 0.0
+    assert w.acquire("k", "b", None, 1000, 300) > 0  # 800 reserved
+    w.settle("k", "a", 120)  # it really used 120
+    assert w.usage("k") == (1, 120)
+    assert w.acquire("k", "b", None, 1000, 300) == 0.0
+    assert w.usage("k") == (2, 420)
+
+
+def test_retry_after_is_when_enough_expires() -> None:
+    clock = Clock()
+    w = RateWindows(clock)
+    w.acquire("k", "a", None, 100, 60)
+    clock.t += 20
+    w.acquire("k", "b", None, 100, 30)
+    clock.t += 5
+    # 90 in the window; 50 more fits once "a" (60) expires, 35 s from now.
+    assert w.acquire("k", "c", None, 100, 50) == pytest.approx(35)
+    assert w.acquire("k", "huge", None, 100, 101) == WINDOW_S  # can never fit
+
+
+def test_settle_of_an_expired_reservation_is_ignored() -> None:
+    clock = Clock()
+    w = RateWindows(clock)
+    w.acquire("k", "a", 10, 100, 50)
+    clock.t += WINDOW_S + 1
+    w.settle("k", "a", 10)
+    assert w.usage("k") == (0, 0)
+    w.settle("nobody", "x", 1)
+
+
+def test_admit_checks_rate_then_budget_and_releases_the_window_on_refusal() -> None:
+    from serve_apps.ratelimit import OVER_BUDGET, RATE_LIMITED, BudgetAsk
+
+    clock, wall = Clock(), Clock()
+    w = RateWindows(clock, wall=wall)
+    ask = BudgetAsk(left_eur=1.0, verified_at=wall.t, cost_eur=0.6)
+    assert w.admit("k", "a", None, 10_000, 100, ask) == (0.0, "")
+    # 0.6 reserved in flight: another 0.6 does not fit, and its tokens are not kept.
+    wait, reason = w.admit("k", "b", None, 10_000, 100, ask)
+    assert reason == OVER_BUDGET and wait > 0
+    assert w.usage("k") == (1, 100)
+    # Settled cheaper: 1.0 - 0.3 leaves room for 0.6.
+    w.settle_cost("k", "a", 0.3)
+    assert w.admit("k", "c", None, 10_000, 100, ask) == (0.0, "")
+    assert w.admit("k", "d", 2, None, 0)[1] == RATE_LIMITED  # 2 requests already this minute
+
+
+def test_budget_counts_costs_settled_since_the_verification_with_a_margin() -> None:
+    from serve_apps.ratelimit import FLUSH_MARGIN_S, OVER_BUDGET, BudgetAsk
+
+    clock, wall = Clock(), Clock()
+    w = RateWindows(clock, wall=wall)
+    w.admit("k", "a", None, None, 0, BudgetAsk(1.0, wall.t, 0.5))
+    w.settle_cost("k", "a", 0.5)
+    wall.t += 60
+    # A verification 60 s later already includes that 0.5 (left 0.5): not counted twice.
+    assert w.admit("k", "b", None, None, 0, BudgetAsk(0.5, wall.t, 0.5)) == (0.0, "")
+    w.settle_cost("k", "b", 0.5)
+    # A verification right after a settlement may predate its flush: counted (safe side).
+    wall.t += FLUSH_MARGIN_S / 2
+    assert w.admit("k", "c", None, None, 0, BudgetAsk(0.5, wall.t, 0.1))[1] == OVER_BUDGET

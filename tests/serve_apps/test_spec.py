@@ -1,0 +1,170 @@
+"""The deployment YAML: parsing, errors naming field and line, the published JSON schema, and
+the mapping to Ray Serve LLM's LLMConfig (GPU and CPU through the same code)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from serve_apps.builder import llm_config_dict
+from serve_apps.spec import (
+    SCHEMA_PATH,
+    DeploymentFile,
+    SpecError,
+    load_spec_file,
+    parse_spec,
+    render_json_schema,
+)
+from tests.serve_apps.conftest import REPO
+
+MINIMAL = textwrap.dedent("""\
+    version: 1
+    deployments:
+      - name: chat
+        model:
+          name: tiny
+          source: /models/tiny
+        engine:
+          max_model_len: 512
+        limits:
+          max_tokens: 128
+    """)
+
+
+def issues(text: str) -> list[tuple[str, int | None, str]]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text)
+    return [(i.field, i.line, i.message) for i in info.value.issues]
+
+
+def test_minimal_spec_gets_explicit_autoscaling_defaults() -> None:
+    spec = parse_spec(MINIMAL)
+    dep = spec.deployments[0]
+    assert dep.model.task == "chat"
+    assert dep.autoscaling.target_ongoing_requests == 8
+    assert (dep.autoscaling.min_replicas, dep.autoscaling.max_replicas) == (1, 1)
+    assert dep.placement.accelerator_type is None
+
+
+def test_repo_local_yaml_is_valid() -> None:
+    spec = load_spec_file(REPO / "configs" / "deployments" / "local.yaml")
+    assert {d.model.task for d in spec.deployments} == {"chat", "embed"}
+    for dep in spec.deployments:
+        assert dep.placement.accelerator_type is None
+        assert dep.placement.resources == {"local_gpu_slot": 1}
+
+
+def test_unknown_field_is_named_with_its_line() -> None:
+    text = MINIMAL.replace("      source: /models/tiny\n",
+                           "      source: /models/tiny\n      sorce: typo\n")
+    assert issues(text) == [("deployments[0].model.sorce", 7, "unknown field")]
+
+
+def test_wrong_value_is_named_with_its_line() -> None:
+    text = MINIMAL.replace("max_tokens: 128", "max_tokens: 0")
+    [(field, line, message)] = issues(text)
+    assert (field, line) == ("deployments[0].limits.max_tokens", 10)
+    assert "greater than or equal to 1" in message
+
+
+def test_missing_field_points_at_its_parent() -> None:
+    text = MINIMAL.replace("    engine:\n      max_model_len: 512\n", "")
+    [(field, line, message)] = issues(text)
+    assert field == "deployments[0].engine"
+    assert line == 3  # the deployment's first line
+    assert message == "Field required"
+
+
+def test_cross_field_rules() -> None:
+    too_long = MINIMAL.replace("max_tokens: 128", "max_tokens: 512")
+    [(field, _, message)] = issues(too_long)
+    assert field == "deployments[0]"
+    assert "must be below engine.max_model_len" in message
+    bad_replicas = MINIMAL + "    autoscaling: {min_replicas: 3, max_replicas: 2}\n"
+    [(field, line, message)] = issues(bad_replicas)
+    assert field == "deployments[0].autoscaling" and line == 11
+    assert "min_replicas must be <= max_replicas" in message
+    reserved = MINIMAL + "    placement: {resources: {GPU: 1}}\n"
+    [(field, _, message)] = issues(reserved)
+    assert field == "deployments[0].placement" and "custom resources" in message
+
+
+def test_duplicates_and_yaml_syntax() -> None:
+    dup = MINIMAL + textwrap.indent(MINIMAL.split("deployments:\n", 1)[1], "")
+    [(_, _, message)] = issues(dup)
+    assert "duplicate deployment name 'chat'" in message
+    [(field, line, message)] = issues("deployments: [\n  {name: x,\n")
+    assert field == "" and line is not None and message.startswith("invalid YAML")
+    [(_, line, message)] = issues("- just a list\n")
+    assert line == 1 and "mapping" in message
+
+
+def test_extra_engine_args_cannot_shadow_typed_ones() -> None:
+    text = MINIMAL.replace("max_model_len: 512",
+                           "max_model_len: 512\n      extra_args: {dtype: half}")
+    [(field, _, message)] = issues(text)
+    assert field == "deployments[0].engine" and "dtype" in message
+
+
+def test_published_json_schema_is_up_to_date() -> None:
+    assert SCHEMA_PATH.read_text(encoding="utf-8") == render_json_schema(), (
+        "regenerate with: python -m serve_apps.spec --schema")
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    assert schema["additionalProperties"] is False
+
+
+def _dep(extra: str = "") -> DeploymentFile:
+    return parse_spec(MINIMAL + extra)
+
+
+def test_cpu_placement_uses_a_custom_resource_bundle_not_an_accelerator_type() -> None:
+    spec = _dep("    placement: {cpus: 1, resources: {local_gpu_slot: 1}}\n")
+    cfg = llm_config_dict(spec.deployments[0], resolve=lambda s: s)
+    assert cfg["accelerator_type"] is None
+    assert cfg["accelerator_config"] == {"kind": "cpu"}
+    assert cfg["placement_group_config"] == {"bundles": [{"CPU": 1, "local_gpu_slot": 1}]}
+    assert cfg["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    auto = cfg["deployment_config"]["autoscaling_config"]
+    assert auto["target_ongoing_requests"] == 8  # always explicit
+    assert cfg["deployment_config"]["max_ongoing_requests"] == 32
+
+
+def test_gpu_placement_maps_to_the_ray_accelerator_type() -> None:
+    spec = _dep("    placement: {accelerator_type: L4}\n")
+    cfg = llm_config_dict(spec.deployments[0], resolve=lambda s: s)
+    assert cfg["accelerator_type"] == "L4"
+    assert cfg["accelerator_config"] == {"kind": "gpu"}
+    assert "placement_group_config" not in cfg  # Ray Serve LLM's own GPU bundles
+    assert "VLLM_CPU_KVCACHE_SPACE" not in cfg["runtime_env"]["env_vars"]
+
+
+def test_llm_configs_are_accepted_by_ray_serve_llm() -> None:
+    pytest.importorskip("ray.serve.llm")
+    from ray.serve.llm import LLMConfig
+
+    for extra in ("    placement: {resources: {local_gpu_slot: 1}}\n",
+                  "    placement: {accelerator_type: L4}\n"):
+        spec = _dep(extra)
+        config = LLMConfig(**llm_config_dict(spec.deployments[0], resolve=lambda s: s))
+        assert config.model_id == "tiny"
+        assert config.engine_kwargs["max_model_len"] == 512
+
+
+def test_embedding_deployments_run_vllm_as_a_pooling_model() -> None:
+    spec = _dep().model_copy(deep=True)
+    spec.deployments[0].model.task = "embed"
+    cfg = llm_config_dict(spec.deployments[0], resolve=lambda s: s)
+    assert cfg["engine_kwargs"]["runner"] == "pooling"
+    assert cfg["engine_kwargs"]["convert"] == "embed"
+
+
+def test_local_run_offers_what_the_placements_ask_for() -> None:
+    from serve_apps.run import local_resources, main
+
+    spec = load_spec_file(REPO / "configs" / "deployments" / "local.yaml")
+    cpus, resources = local_resources(spec)
+    assert resources == {"local_gpu_slot": 2}
+    assert cpus >= 4  # 2 x (1 + 0.1) + 1, rounded up: both engines fit on one node
+    assert main(["-f", str(SCHEMA_PATH), "--service-token-file", "/dev/null"]) == 2
