@@ -144,7 +144,8 @@ class ErrorResponse(BaseModel):
 
 _DESCRIPTIONS = {
     "400": "Bad request", "401": "Not authenticated", "403": "Forbidden", "404": "Not found",
-    "409": "Conflict", "413": "Body too large", "422": "Invalid request", "429": "Too many requests",
+    "409": "Conflict", "413": "Body too large", "422": "Invalid request",
+    "429": "Too many requests",
 }
 # Passed to include_router so the spec documents the real error shape (and replaces FastAPI's
 # default 422 ``{detail: [...]}`` schema, which this app never answers).

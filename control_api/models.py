@@ -371,7 +371,8 @@ class Instance(Base):
         order_by="InstanceStateHistory.id",
     )
     billing_intervals: Mapped[list[BillingInterval]] = relationship(
-        back_populates="instance", cascade="all, delete-orphan", order_by="BillingInterval.started_at"
+        back_populates="instance", cascade="all, delete-orphan",
+        order_by="BillingInterval.started_at",
     )
 
 

@@ -24,7 +24,7 @@ from control_api.db import utcnow
 
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 KEY_PREFIX = "ia-"
-SERVICE_TOKEN_PREFIX = "ist-"
+SERVICE_TOKEN_PREFIX = "ist-"  # noqa: S105 - a public prefix, not a secret
 JWT_ALGORITHM = "HS256"
 _BODY_LEN = 43  # ceil(256 / log2(62))
 _CHECK_LEN = 6  # 62**6 > 2**32

@@ -44,7 +44,8 @@ def _postgres_available() -> str | None:
 
 
 @pytest.fixture(scope="session", params=["postgres", "sqlite"])
-def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def db_url(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated, empty database URL for the whole session, per backend."""
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "inventiv.db"
