@@ -70,6 +70,6 @@ def month_spend_eur(session: Session, api_key_id: uuid.UUID, now: datetime) -> D
         elif all_tokens > 0:
             by_cost[dep_id] = (mine.tokens, all_tokens)
     costs = deployment_cost_units(session, list(by_cost), start, now, now)
-    for dep_id, (mine, all_tokens) in by_cost.items():
-        total += Fraction(costs.get(dep_id, 0) * mine, all_tokens * UNITS_PER_EUR)
+    for dep_id, (key_tokens, dep_tokens) in by_cost.items():
+        total += Fraction(costs.get(dep_id, 0) * key_tokens, dep_tokens * UNITS_PER_EUR)
     return _fraction_to_eur(total)
