@@ -12,6 +12,7 @@ from cli import (
     cluster,
     costs,
     db,
+    deploy,
     instances,
     keys,
     logs,
@@ -43,6 +44,8 @@ app.add_typer(cluster.app, name="cluster")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(reconcile.app, name="reconcile")
 app.add_typer(models.app, name="models")
+app.command("deploy")(deploy.deploy)
+app.add_typer(deploy.app, name="deployments")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -21,6 +21,7 @@ from control_api.routes import (
     api_keys,
     auth,
     catalog,
+    deployments,
     finops,
     health,
     instances,
@@ -31,6 +32,8 @@ from control_api.routes import (
     users,
 )
 from control_api.security import JwtCodec, Passwords
+from control_api.serve_client import client_from_env
+from control_api.services.deployments import serve_sync_job
 from control_api.settings import Settings, get_settings
 from finops import metrics as finops_metrics
 
@@ -116,6 +119,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             jobs = PeriodicJobs(app.state.sessionmaker, {"finops": finops_refresh},
                                 settings.finops_refresh_seconds)
             jobs.start()
+        serve_jobs = None
+        if settings.background_jobs and app.state.serve_client is not None:
+            # Re-applies the desired deployments after a Serve restart or a failed apply.
+            serve_jobs = PeriodicJobs(app.state.sessionmaker,
+                                      {"serve_sync": serve_sync_job(app.state.serve_client)}, 30)
+            serve_jobs.start()
         app.state.jobs = jobs
         reconciler_thread = None
         if settings.background_jobs:
@@ -130,6 +139,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reconciler_thread.stop()
         if jobs is not None:
             jobs.stop()
+        if serve_jobs is not None:
+            serve_jobs.stop()
+        if app.state.serve_client is not None:
+            app.state.serve_client.close()
         engine.dispose()
 
     app = FastAPI(
@@ -148,10 +161,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jwt = JwtCodec(settings.resolved_jwt_secret(), settings.jwt_issuer,
                              settings.jwt_audience)
     app.state.metrics_registry = CollectorRegistry()
+    # The Serve REST client (Ray dashboard), when INVENTIV_RAY_DASHBOARD_URL is set.
+    app.state.serve_client = client_from_env()
     finops_metrics.install(app)
     install_error_handlers(app)
-    for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, finops, instances,
-                   action_logs, internal, reconcile):
+    for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, deployments,
+                   finops, instances, action_logs, internal, reconcile):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app

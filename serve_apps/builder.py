@@ -190,3 +190,9 @@ def build_app(spec: DeploymentFile, options: IngressOptions,
 def token_file_ok(path: str) -> bool:
     """Whether the service token file exists and is readable (checked before deploying)."""
     return os.path.isfile(path) and os.access(path, os.R_OK) and Path(path).stat().st_size > 0
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """Serve ``import_path`` target of the control API: ``args = {"spec", "options"}``."""
+    return build_app(DeploymentFile.model_validate(args["spec"]),
+                     IngressOptions.model_validate(args["options"]))

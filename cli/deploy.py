@@ -1,0 +1,113 @@
+"""`inventiv deploy -f FILE` and `inventiv deployments list|show|delete`.
+
+``deploy`` sends the YAML text itself (``{"yaml": ...}``), so validation errors come back with
+the field and the line of the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from urllib.parse import quote
+
+import typer
+
+from cli.config import make_client
+from cli.output import JsonOpt, fail, handles_errors, print_fields, print_json, print_table
+from control_api.client.api import ControlApiError
+
+app = typer.Typer(help="Model deployments (applied to Ray Serve by the control API).",
+                  no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="Deployment name (or id).")]
+HEADERS = ["name", "version", "status", "model", "accelerator", "replicas", "message"]
+
+
+def _row(d: dict[str, Any]) -> tuple[object, ...]:
+    spec = d.get("spec") or {}
+    auto = spec.get("autoscaling") or {}
+    return (d["name"], d["version"], d["status"], (spec.get("model") or {}).get("name"),
+            (spec.get("placement") or {}).get("accelerator_type") or "cpu",
+            f"{auto.get('min_replicas')}..{auto.get('max_replicas')}", d.get("status_message"))
+
+
+def _raise_with_details(exc: ControlApiError) -> NoReturn:
+    """Invalid files: one line per issue (field, line, message) rather than one long line."""
+    if exc.code == "invalid_deployment" and isinstance(exc.details, list) and exc.details:
+        lines = []
+        for d in exc.details:
+            where = f" (line {d.get('line')})" if d.get("line") is not None else ""
+            lines.append(f"  {d.get('field') or '<root>'}{where}: {d.get('message')}")
+        raise fail(exc.code, "invalid deployment file:\n" + "\n".join(lines)) from None
+    raise exc
+
+
+@handles_errors
+def deploy(
+    file: Annotated[Path, typer.Option("-f", "--file", exists=True, dir_okay=False,
+                                       readable=True, help="Deployment YAML file.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Store (create or update by name) the deployments of a YAML file; the control API
+    applies them to Ray Serve."""
+    text = file.read_text(encoding="utf-8")
+    with make_client() as client:
+        try:
+            result = client.request("POST", "/api/deployments", json={"yaml": text})
+        except ControlApiError as exc:
+            _raise_with_details(exc)
+    items = result["items"]
+    if json_out:
+        print_json(result)
+        return
+    print_table(None, ["name", "version", "change", "status", "message"],
+                [(d["name"], d["version"], d["change"], d["status"], d.get("status_message"))
+                 for d in items])
+
+
+@app.command("list")
+@handles_errors
+def list_deployments(
+    include_deleted: Annotated[bool, typer.Option("--deleted",
+                                                  help="Include deleted ones.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List deployments visible to you."""
+    with make_client() as client:
+        result = client.request("GET", "/api/deployments",
+                                params={"include_deleted": include_deleted or None})
+    if json_out:
+        print_json(result)
+        return
+    print_table("Deployments", HEADERS, [_row(d) for d in result["items"]],
+                empty="no deployment")
+
+
+@app.command("show")
+@handles_errors
+def show(name: NameArg, json_out: JsonOpt = False) -> None:
+    """Show one deployment and its stored spec."""
+    with make_client() as client:
+        d = client.request("GET", f"/api/deployments/{quote(name, safe='')}")
+    if json_out:
+        print_json(d)
+        return
+    print_fields(f"Deployment {d['name']}", [
+        ("id", d["id"]), ("version", d["version"]), ("status", d["status"]),
+        ("message", d.get("status_message")), ("created", d["created_at"]),
+        ("updated", d["updated_at"]), ("deleted", d.get("deleted_at")),
+        *((key, value) for key, value in (d.get("spec") or {}).items() if key != "name"),
+    ])
+
+
+@app.command("delete")
+@handles_errors
+def delete(name: NameArg, json_out: JsonOpt = False) -> None:
+    """Delete a deployment (removed from Serve by the control API)."""
+    with make_client() as client:
+        d = client.request("DELETE", f"/api/deployments/{quote(name, safe='')}")
+    if json_out:
+        print_json(d)
+        return
+    print_fields(None, [("name", d["name"]), ("status", d["status"]),
+                        ("message", d.get("status_message"))])

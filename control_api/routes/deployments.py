@@ -1,0 +1,121 @@
+"""Routes under /api/deployments: model deployments, applied to Ray Serve after each write."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
+from control_api.errors import Unprocessable
+from control_api.schemas.deployments import (
+    MAX_YAML_CHARS,
+    DeploymentList,
+    DeploymentOut,
+    DeploymentWrite,
+    DeploymentWriteResult,
+    DeploymentWritten,
+)
+from control_api.serve_client import ServeClient, client_from_env
+from control_api.services import deployments as svc
+
+router = APIRouter(prefix="/api/deployments", tags=["deployments"])
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+_WRITE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": DeploymentWrite.model_json_schema()},
+            "application/yaml": {"schema": {"type": "string", "maxLength": MAX_YAML_CHARS}},
+        },
+    },
+}
+
+
+def serve_client_of(request: Request) -> ServeClient | None:
+    """``app.state.serve_client`` when the app (or a test) set one, else one from the
+    environment, created once (``None``: Serve not configured, writes stay pending)."""
+    state = request.app.state
+    if not hasattr(state, "serve_client"):
+        state.serve_client = client_from_env()
+    return state.serve_client  # type: ignore[no-any-return]
+
+
+async def _read_spec(request: Request) -> Any:
+    body = await request.body()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in YAML_TYPES:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise Unprocessable("the YAML body is not UTF-8", code=svc.INVALID) from None
+        if len(text) > MAX_YAML_CHARS:
+            raise Unprocessable(f"the YAML body exceeds {MAX_YAML_CHARS} characters",
+                                code=svc.INVALID)
+        return svc.parse_yaml_text(text)
+    try:
+        write = DeploymentWrite.model_validate_json(body or b"null")
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+                  for e in exc.errors(include_url=False, include_context=False,
+                                      include_input=False)]
+        raise Unprocessable("invalid request body", details=errors) from None
+    if write.yaml is not None:
+        return svc.parse_yaml_text(write.yaml)
+    assert write.spec is not None
+    return svc.parse_mapping(write.spec)
+
+
+@router.post("", response_model=DeploymentWriteResult,
+             openapi_extra={**access("platform_admin"), **_WRITE_BODY})
+async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
+                          now: NowDep) -> DeploymentWriteResult:
+    """Create or update (by name) every deployment of a deployment file, then apply the whole
+    desired state to Serve (best effort: an unreachable dashboard leaves them ``pending``).
+
+    Body: JSON ``{"spec": {...}}`` or ``{"yaml": "..."}``, or the YAML text itself with
+    ``Content-Type: application/yaml``. Invalid files: 422 ``invalid_deployment`` whose
+    ``details`` name each field and its line.
+    """
+    spec = await _read_spec(request)
+    serve_client = serve_client_of(request)
+
+    def write() -> DeploymentWriteResult:
+        results = svc.upsert(db, principal, spec, now)
+        if any(r.change != "unchanged" for r in results):
+            svc.apply_all(db, serve_client, now)
+        return DeploymentWriteResult(items=[
+            DeploymentWritten(**DeploymentOut.of(r.deployment).model_dump(), change=r.change)
+            for r in results])
+
+    # Database work and the Serve PUT (up to its timeout) block: keep them off the event loop.
+    return await run_in_threadpool(write)
+
+
+@router.get("", response_model=DeploymentList, openapi_extra=access("user"))
+def list_deployments(principal: PrincipalDep, db: SessionDep,
+                     include_deleted: Annotated[bool, Query()] = False) -> DeploymentList:
+    """Deployments by name. Platform admins see all; others those open to every org
+    (``allowed_orgs: null``) or to one of theirs. Deleted ones only while ``deleting`` unless
+    ``include_deleted``."""
+    return DeploymentList(items=[DeploymentOut.of(d) for d in svc.list_deployments(
+        db, principal, include_deleted=include_deleted)])
+
+
+@router.get("/{ref}", response_model=DeploymentOut, openapi_extra=access("user"))
+def show_deployment(ref: str, principal: PrincipalDep, db: SessionDep) -> DeploymentOut:
+    """One deployment by name or id (404 if not visible to the caller)."""
+    return DeploymentOut.of(svc.get_deployment(db, principal, ref))
+
+
+@router.delete("/{ref}", response_model=DeploymentOut, openapi_extra=access("platform_admin"))
+def delete_deployment(ref: str, request: Request, principal: AdminDep, db: SessionDep,
+                      now: NowDep) -> DeploymentOut:
+    """Soft-delete: ``deleted_at`` set, status ``deleting`` until Serve no longer runs it (the
+    desired state is applied right away, best effort)."""
+    dep = svc.soft_delete(db, principal, ref, now)
+    svc.apply_all(db, serve_client_of(request), now)
+    return DeploymentOut.of(dep)

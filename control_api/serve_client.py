@@ -1,0 +1,208 @@
+"""A small typed client of Ray Serve's REST API on the Ray dashboard (token-authenticated).
+
+``PUT /api/serve/applications/`` applies a declarative config: the applications it lists are
+deployed or updated, every other application on the cluster is deleted. ``GET`` returns the
+instance details (``applications: {name: {deployed_app_config, status, message, ...}}``).
+``DELETE`` shuts Serve down.
+
+Errors are mapped to :class:`ServeUnreachable` (connection refused, timeout: retry later),
+:class:`ServeAuthError` (401/403: the Ray auth token is missing or wrong) and
+:class:`ServeRejected` (any other non-2xx: Serve refused the config). The Ray auth token is read
+from its file on every request, so a rotated token is picked up without a restart; it is never
+logged nor put in an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+APPLICATIONS_PATH = "/api/serve/applications/"
+DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
+# The builder Serve imports on the cluster: ``app_builder(args) -> Application``.
+DEFAULT_IMPORT_PATH = "serve_apps.builder:app_builder"
+
+
+class ServeError(Exception):
+    """Base of the Serve REST client's errors; ``reason`` is short and secret-free."""
+
+    kind = "error"
+
+    def __init__(self, reason: str, *, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class ServeUnreachable(ServeError):
+    """The dashboard did not answer (down, wrong URL, timeout)."""
+
+    kind = "unreachable"
+
+
+class ServeAuthError(ServeError):
+    """401/403: the Ray auth token is missing or wrong."""
+
+    kind = "auth"
+
+
+class ServeRejected(ServeError):
+    """Serve answered with an error (invalid config, controller unavailable...)."""
+
+    kind = "rejected"
+
+
+@dataclass(frozen=True)
+class ServeTarget:
+    """What the control API deploys: one Serve application holding every deployment.
+
+    ``ingress_options`` are the ``serve_apps.builder.IngressOptions`` fields other than the
+    spec (control API URL, service token *file*, spool dir...)."""
+
+    app_name: str = "inventiv"
+    import_path: str = DEFAULT_IMPORT_PATH
+    route_prefix: str = "/"
+    http_host: str = "0.0.0.0"  # noqa: S104 - Serve's own default; the ingress checks keys
+    http_port: int = 8000
+    ingress_options: dict[str, Any] = field(default_factory=dict)
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where the Serve REST API is and how to authenticate (from the environment for now)."""
+
+    dashboard_url: str
+    token_file: str | None
+    timeout_s: float
+    target: ServeTarget
+
+
+def serve_config_from_env(env: dict[str, str] | None = None) -> ServeConfig | None:
+    """The Serve settings from ``INVENTIV_*`` variables; ``None`` when
+    ``INVENTIV_RAY_DASHBOARD_URL`` is unset (no Serve configured: writes stay "pending").
+
+    Variables: ``INVENTIV_RAY_DASHBOARD_URL``, ``INVENTIV_RAY_AUTH_TOKEN_FILE``,
+    ``INVENTIV_SERVE_TIMEOUT_SECONDS`` (10), ``INVENTIV_SERVE_APP_NAME`` (inventiv),
+    ``INVENTIV_SERVE_IMPORT_PATH``, ``INVENTIV_SERVE_HTTP_HOST`` (0.0.0.0),
+    ``INVENTIV_SERVE_HTTP_PORT`` (8000), and the ingress options ``INVENTIV_SERVE_CONTROL_API_URL``,
+    ``INVENTIV_SERVE_SERVICE_TOKEN_FILE``, ``INVENTIV_SERVE_SPOOL_DIR``.
+    """
+    e = os.environ if env is None else env
+    url = e.get("INVENTIV_RAY_DASHBOARD_URL")
+    if not url:
+        return None
+    options = {
+        key: e[var] for key, var in (
+            ("control_api_url", "INVENTIV_SERVE_CONTROL_API_URL"),
+            ("service_token_file", "INVENTIV_SERVE_SERVICE_TOKEN_FILE"),
+            ("spool_dir", "INVENTIV_SERVE_SPOOL_DIR"),
+        ) if e.get(var)
+    }
+    target = ServeTarget(
+        app_name=e.get("INVENTIV_SERVE_APP_NAME", "inventiv"),
+        import_path=e.get("INVENTIV_SERVE_IMPORT_PATH", DEFAULT_IMPORT_PATH),
+        http_host=e.get("INVENTIV_SERVE_HTTP_HOST", "0.0.0.0"),  # noqa: S104
+        http_port=int(e.get("INVENTIV_SERVE_HTTP_PORT", "8000")),
+        ingress_options=options,
+    )
+    return ServeConfig(dashboard_url=url, token_file=e.get("INVENTIV_RAY_AUTH_TOKEN_FILE"),
+                       timeout_s=float(e.get("INVENTIV_SERVE_TIMEOUT_SECONDS", "10")),
+                       target=target)
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unreachable"
+    return type(exc).__name__
+
+
+class ServeClient:
+    """Synchronous client of the Serve REST API. ``token_file`` holds the Ray auth token."""
+
+    def __init__(self, dashboard_url: str = DEFAULT_DASHBOARD_URL, *,
+                 token_file: str | Path | None = None, token: str | None = None,
+                 timeout_s: float = 10.0, target: ServeTarget | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.dashboard_url = dashboard_url.rstrip("/")
+        self._token_file = Path(token_file) if token_file else None
+        self._token = token
+        self.target = target or ServeTarget()
+        self._http = httpx.Client(base_url=self.dashboard_url, timeout=timeout_s,
+                                  transport=transport,
+                                  headers={"Accept": "application/json",
+                                           "User-Agent": "inventiv-control-api"})
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> ServeClient:
+        return cls(config.dashboard_url, token_file=config.token_file,
+                   timeout_s=config.timeout_s, target=config.target)
+
+    def __enter__(self) -> ServeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __repr__(self) -> str:  # never show the token
+        return f"ServeClient({self.dashboard_url!r})"
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self._token
+        if self._token_file is not None:
+            try:
+                token = self._token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ServeAuthError(f"cannot read the Ray auth token file: "
+                                     f"{exc.strerror or type(exc).__name__}") from None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _request(self, method: str, *, json: Any = None) -> httpx.Response:
+        headers = self._auth_headers()
+        try:
+            response = self._http.request(method, APPLICATIONS_PATH, json=json, headers=headers)
+        except httpx.TransportError as exc:
+            raise ServeUnreachable(f"{self.dashboard_url}: {_reason(exc)}") from None
+        if response.status_code in (401, 403):
+            raise ServeAuthError(f"the Ray dashboard refused the auth token "
+                                 f"(HTTP {response.status_code})", status=response.status_code)
+        if response.status_code >= 400:
+            text = response.text.strip().replace("\n", " ")
+            raise ServeRejected(f"Serve answered HTTP {response.status_code}: {text[:500]}",
+                                status=response.status_code)
+        return response
+
+    def get_applications(self) -> dict[str, Any]:
+        """Serve's instance details; ``applications`` maps app names to their details."""
+        response = self._request("GET")
+        try:
+            data = response.json()
+        except ValueError:
+            raise ServeRejected("the dashboard did not answer JSON",
+                                status=response.status_code) from None
+        if not isinstance(data, dict):
+            raise ServeRejected("unexpected answer from the dashboard")
+        return data
+
+    def put_applications(self, config: dict[str, Any]) -> None:
+        """Apply a declarative config (the whole set of applications)."""
+        self._request("PUT", json=config)
+
+    def delete_applications(self) -> None:
+        """Shut Serve down (every application)."""
+        self._request("DELETE")
+
+
+def client_from_env() -> ServeClient | None:
+    """A client from the environment, or ``None`` when Serve is not configured."""
+    config = serve_config_from_env()
+    return ServeClient.from_config(config) if config is not None else None
