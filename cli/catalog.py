@@ -8,7 +8,7 @@ control-API host, like ``inventiv db upgrade``. ``list`` reads through the contr
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -84,19 +84,29 @@ def sync(
          + (" (dry run: nothing written)" if dry_run else ""))
 
 
-@app.command("list")
-@handles_errors
-def list_types(
-    provider: Annotated[str | None, typer.Option("--provider", help="e.g. scaleway.")] = None,
-    zone: Annotated[str | None, typer.Option("--zone", help="e.g. fr-par-2.")] = None,
-    gpu_model: Annotated[str | None, typer.Option("--gpu-model", help="e.g. L4.")] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Instance types with their current price and availability per zone (via the API)."""
+ProviderOpt = Annotated[str | None, typer.Option("--provider", help="e.g. scaleway, local.")]
+ZoneOpt = Annotated[str | None, typer.Option("--zone", help="e.g. fr-par-2.")]
+GpuModelOpt = Annotated[str | None, typer.Option("--gpu-model", help="e.g. L4, H100.")]
+
+
+def _instance_types(provider: str | None, zone: str | None, gpu_model: str | None,
+                    json_out: bool) -> list[Any] | None:
+    """Fetch instance types; print them as JSON and return None when --json was asked."""
     with make_client() as client:
         types = client.list_instance_types(provider=provider, zone=zone, gpu_model=gpu_model)
     if json_out:
         print_json({"items": types})
+        return None
+    return list(types)
+
+
+@app.command("list")
+@handles_errors
+def list_types(provider: ProviderOpt = None, zone: ZoneOpt = None, gpu_model: GpuModelOpt = None,
+               json_out: JsonOpt = False) -> None:
+    """Instance types with their current price and availability per zone (via the API)."""
+    types = _instance_types(provider, zone, gpu_model, json_out)
+    if types is None:
         return
     print_table("Instance types",
                 ["provider", "name", "GPUs", "GPU", "VRAM GB", "EUR/h", "since", "zones"],
@@ -116,18 +126,11 @@ def _first_line(exc: Exception) -> str:
 
 @app.command("types")
 @handles_errors
-def catalog_types(
-    provider: Annotated[str | None, typer.Option("--provider", help="e.g. scaleway, local.")]
-    = None,
-    zone: Annotated[str | None, typer.Option("--zone", help="e.g. fr-par-2.")] = None,
-    gpu_model: Annotated[str | None, typer.Option("--gpu-model", help="e.g. L4, H100.")] = None,
-    json_out: JsonOpt = False,
-) -> None:
+def catalog_types(provider: ProviderOpt = None, zone: ZoneOpt = None,
+                  gpu_model: GpuModelOpt = None, json_out: JsonOpt = False) -> None:
     """Instance types with their GPUs, current hourly EUR price and zones."""
-    with make_client() as client:
-        types = client.list_instance_types(provider=provider, zone=zone, gpu_model=gpu_model)
-    if json_out:
-        print_json({"items": types})
+    types = _instance_types(provider, zone, gpu_model, json_out)
+    if types is None:
         return
     print_table("Instance types",
                 ["provider", "name", "GPUs", "GPU", "VRAM GB", "vCPU", "RAM GB", "EUR/h",

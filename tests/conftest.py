@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -43,6 +44,33 @@ def _postgres_available() -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+@contextmanager
+def migrated_postgres_database(prefix: str) -> Iterator[str]:
+    """A fresh, migrated Postgres database named ``<prefix>_<random>``, dropped afterwards.
+
+    Skips (or fails under ``INVENTIV_REQUIRE_POSTGRES=1``) when Postgres is unreachable.
+    """
+    problem = _postgres_available()
+    if problem:
+        if REQUIRE_PG:
+            pytest.fail(f"Postgres required but unavailable: {problem}")
+        pytest.skip(f"Postgres unavailable: {problem}")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        eng = make_engine(url)
+        migrate.upgrade(eng)
+        eng.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session", params=["postgres", "sqlite"])
 def db_url(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -55,23 +83,8 @@ def db_url(request: pytest.FixtureRequest,
         eng.dispose()
         yield url
         return
-    problem = _postgres_available()
-    if problem:
-        if REQUIRE_PG:
-            pytest.fail(f"Postgres required but unavailable: {problem}")
-        pytest.skip(f"Postgres unavailable: {problem}")
-    name = f"inventiv_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    eng = make_engine(url)
-    migrate.upgrade(eng)
-    eng.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with migrated_postgres_database("inventiv_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api import migrate
 from control_api.client.api import ControlApiClient
 from control_api.db import make_engine, make_sessionmaker
 from control_api.models import Deployment, UsageRecord
@@ -36,10 +35,8 @@ from tests.client.conftest import ServerThread, free_port
 from tests.conftest import (
     ADMIN_PASSWORD,
     JWT_SECRET,
-    PG_ADMIN_URL,
-    REQUIRE_PG,
     SERVICE_TOKEN,
-    _postgres_available,
+    migrated_postgres_database,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,25 +103,8 @@ def tiny_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def serve_db_url() -> Iterator[str]:
     """A fresh, migrated Postgres database for the serving tier (dropped at the end)."""
-    problem = _postgres_available()
-    if problem:
-        if REQUIRE_PG:
-            pytest.fail(f"Postgres required but unavailable: {problem}")
-        pytest.skip(f"Postgres unavailable: {problem}")
-    name = f"inventiv_serve_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    eng = make_engine(url)
-    migrate.upgrade(eng)
-    eng.dispose()
-    try:
+    with migrated_postgres_database("inventiv_serve") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @dataclass
