@@ -57,6 +57,8 @@ class IngressOptions(BaseModel):
     ingress_cpus: float = Field(default=0.1, gt=0)
     # Per-key RPM/TPM through a shared Ray actor (serve_apps.ratelimit).
     rate_limits: bool = True
+    # Browser origins allowed to call the OpenAI endpoint (CORS); empty: no CORS headers.
+    cors_allow_origins: list[str] = Field(default_factory=list)
 
 
 def resolve_builtin(source: str) -> str:
