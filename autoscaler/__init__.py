@@ -1,1 +1,2 @@
-"""autoscaler"""
+"""Replica autoscaling policy (``policy``, plugged into Serve by ``serve_policy``), cost-aware
+GPU type choice (``nodetypes``), and the trace-replay simulator."""

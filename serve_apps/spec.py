@@ -79,11 +79,25 @@ class EngineSpec(_Spec):
 
 class PlacementSpec(_Spec):
     """Where replicas run. GPU: ``accelerator_type`` (Ray's, e.g. L4, H100). CPU: null; then
-    ``resources`` (e.g. ``{local_gpu_slot: 1}``) pins replicas to node types that offer them."""
+    ``resources`` (e.g. ``{local_gpu_slot: 1}``) pins replicas to node types that offer them.
+
+    Cost-aware choice: ``accelerator_candidates`` lists other GPU types that can host the model
+    too; the builder then picks, from ``accelerator_type`` and the candidates, the cheapest GPU
+    type the catalog offers, that is available, and whose memory holds ``model_memory_gb``
+    (``autoscaler.nodetypes``)."""
 
     accelerator_type: Annotated[str, Field(min_length=1, max_length=32)] | None = None
     cpus: Annotated[float, Field(gt=0, le=256)] = 1
     resources: dict[ResourceName, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    accelerator_candidates: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+        default_factory=list, max_length=16,
+        description="Alternative GPU types that can host the model (with accelerator_type): "
+                    "when non-empty, the cheapest available one that fits model_memory_gb is "
+                    "chosen from the catalog.")
+    model_memory_gb: Annotated[float, Field(gt=0, le=100_000)] | None = Field(
+        default=None,
+        description="Memory the model needs on one GPU (weights + KV cache), in GB; filters "
+                    "accelerator_candidates.")
 
     @model_validator(mode="after")
     def _custom_only(self) -> PlacementSpec:
@@ -91,12 +105,21 @@ class PlacementSpec(_Spec):
         if reserved:
             raise ValueError(f"resources may only name custom resources, not {reserved} "
                              "(use cpus / accelerator_type)")
+        if self.accelerator_candidates:
+            if self.accelerator_type is None:
+                raise ValueError("accelerator_candidates needs a GPU placement "
+                                 "(set accelerator_type, the preferred GPU type)")
+            dups = sorted({c for c in self.accelerator_candidates
+                           if self.accelerator_candidates.count(c) > 1})
+            if dups:
+                raise ValueError(f"accelerator_candidates repeats {dups}")
         return self
 
 
 class AutoscalingSpec(_Spec):
-    """Replica bounds and the load target. Always explicit: Ray Serve LLM's defaults (1e9
-    ongoing requests) would mean autoscaling never reacts."""
+    """Replica bounds, the load target and the policy. Always explicit: Ray Serve LLM's
+    defaults (1e9 ongoing requests) would mean autoscaling never reacts. ``policy: inventiv``
+    (the default) plugs ``autoscaler.serve_policy`` into Serve's policy hook."""
 
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 1
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
@@ -107,6 +130,22 @@ class AutoscalingSpec(_Spec):
     max_queued_requests: Annotated[int, Field(ge=1, le=1_000_000)] = 64
     downscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 300
     upscale_delay_s: Annotated[float, Field(ge=0, le=86_400)] = 30
+    policy: Literal["inventiv", "ray"] = Field(
+        default="inventiv",
+        description="`inventiv`: autoscaler.serve_policy (bursts at once, holds capacity for "
+                    "the replica start time, budget cap); `ray`: Ray Serve's default policy.")
+    downscale_to_zero_delay_s: Annotated[float, Field(ge=0, le=86_400)] | None = Field(
+        default=None,
+        description="Seconds without any request before the last replica goes (min_replicas: "
+                    "0); null: downscale_delay_s.")
+    cold_start_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=300,
+        description="How long the ingress holds a request for a model at zero replicas before "
+                    "answering 503 with Retry-After.")
+    replica_start_s: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
+        default=None,
+        description="Expected seconds for a new replica (node boot + model load); null: "
+                    "learned by the control API from the lifecycle history.")
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSpec:

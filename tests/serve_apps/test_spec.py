@@ -168,3 +168,37 @@ def test_local_run_offers_what_the_placements_ask_for() -> None:
     assert resources == {"local_gpu_slot": 2}
     assert cpus >= 4  # 2 x (1 + 0.1) + 1, rounded up: both engines fit on one node
     assert main(["-f", str(SCHEMA_PATH), "--service-token-file", "/dev/null"]) == 2
+
+
+def test_autoscaling_policy_fields_default_and_validate() -> None:
+    auto = _dep().deployments[0].autoscaling
+    assert auto.policy == "inventiv"
+    assert auto.downscale_to_zero_delay_s is None and auto.replica_start_s is None
+    assert auto.cold_start_timeout_s == 300
+    spec = _dep("    autoscaling: {policy: ray, min_replicas: 0, downscale_to_zero_delay_s: 0,\n"
+                "                  cold_start_timeout_s: 60, replica_start_s: 95.5}\n")
+    auto = spec.deployments[0].autoscaling
+    assert (auto.policy, auto.downscale_to_zero_delay_s, auto.replica_start_s) == ("ray", 0, 95.5)
+    for bad, needle in (("policy: fancy", "'inventiv' or 'ray'"),
+                        ("cold_start_timeout_s: 0", "greater than 0"),
+                        ("cold_start_timeout_s: 3601", "less than or equal to 3600"),
+                        ("replica_start_s: 0", "greater than 0"),
+                        ("downscale_to_zero_delay_s: -1", "greater than or equal to 0")):
+        [(field, line, message)] = issues(MINIMAL + f"    autoscaling: {{{bad}}}\n")
+        assert field.startswith("deployments[0].autoscaling.") and line == 11, field
+        assert needle in message, message
+
+
+def test_accelerator_candidates_need_a_gpu_placement_and_are_unique() -> None:
+    spec = _dep("    placement: {accelerator_type: L40S, accelerator_candidates: [L4, H100],\n"
+                "                model_memory_gb: 20}\n")
+    pl = spec.deployments[0].placement
+    assert pl.accelerator_candidates == ["L4", "H100"] and pl.model_memory_gb == 20
+    [(field, _, message)] = issues(MINIMAL + "    placement: {accelerator_candidates: [L4]}\n")
+    assert field == "deployments[0].placement" and "needs a GPU placement" in message
+    [(_, _, message)] = issues(
+        MINIMAL + "    placement: {accelerator_type: L4, accelerator_candidates: [H100, H100]}\n")
+    assert "repeats ['H100']" in message
+    [(field, _, _)] = issues(
+        MINIMAL + "    placement: {accelerator_type: L4, model_memory_gb: 0}\n")
+    assert field == "deployments[0].placement.model_memory_gb"
