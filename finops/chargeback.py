@@ -57,7 +57,8 @@ def chargeback(session: Session, rng: TimeRange, now_us: int) -> Chargeback:
     """Chargeback of ``rng`` (spans must be synced, usage may or may not be rolled up)."""
     costs = window_costs_units(session, [(to_us(rng.start), to_us(rng.end))], now_us,
                                "deployment")[0]
-    names = dict(session.execute(select(Deployment.id, Deployment.name)).all())
+    names: dict[uuid.UUID, str] = {
+        r[0]: r[1] for r in session.execute(select(Deployment.id, Deployment.name))}
     ids_by_name = {v: k for k, v in names.items()}
     usage = usage_totals(session, rng.start, rng.end, ("deployment", "org"))
     tokens: dict[uuid.UUID, dict[uuid.UUID | None, int]] = defaultdict(dict)
@@ -65,7 +66,8 @@ def chargeback(session: Session, rng: TimeRange, now_us: int) -> Chargeback:
         dep_id = ids_by_name.get(dep_name)
         if dep_id is not None:
             tokens[dep_id][org] = tokens[dep_id].get(org, 0) + tot.tokens
-    org_names = dict(session.execute(select(Org.id, Org.name)).all())
+    org_names: dict[uuid.UUID, str] = {
+        r[0]: r[1] for r in session.execute(select(Org.id, Org.name))}
     out = Chargeback(rng.start, rng.end, Decimal("0.00"))
     by_org: dict[uuid.UUID | None, Decimal] = defaultdict(lambda: Decimal("0.00"))
     for dep_id in sorted(costs, key=lambda d: str(d)):

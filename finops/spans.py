@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, literal_column, or_, select, text, update
+from sqlalchemy import delete, insert, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -137,7 +137,7 @@ def apply_daily(session: Session, contrib: dict[tuple[int, DimsT | None], int],
                 session.execute(update(CostDaily).where(CostDaily.id == hit[0])
                                 .values(units=hit[1] + r["units"]))
         if new_rows:
-            session.execute(CostDaily.__table__.insert(), new_rows)
+            session.execute(insert(CostDaily), new_rows)
 
 
 def _closed_contributions(session: Session, where: list[object]) -> dict[tuple[int, DimsT | None],
@@ -296,7 +296,7 @@ def sync_spans(session: Session, *, batch: int = 5000, max_batches: int | None =
                     "price_micro": p.price_micro,
                 })
         if spans:
-            session.execute(CostSpan.__table__.insert(), spans)
+            session.execute(insert(CostSpan), spans)
         apply_daily(session, daily_contributions(closed_pieces))
         if closed_ids:
             session.execute(update(bi).where(bi.id.in_(closed_ids))

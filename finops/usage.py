@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, text, union_all, update
+from sqlalchemy import ColumnElement, func, literal, select, text, union_all, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -164,7 +164,7 @@ def usage_totals(session: Session, start: datetime, end: datetime,
         parts.append(raw([r.c.at >= start, r.c.at < end]))
     src = union_all(*parts).subquery("u") if len(parts) > 1 else parts[0].subquery("u")
     dims = _dim_cols(src, group_by)
-    filters = []
+    filters: list[ColumnElement[bool]] = []
     if deployments is not None:
         filters.append(func.coalesce(src.c.deployment, src.c.model).in_(list(deployments)))
     if org_ids is not None:
