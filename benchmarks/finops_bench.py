@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -27,7 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, text  # noqa: E402
+from scratch_db import scratch_database  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from control_api import bootstrap, migrate  # noqa: E402
@@ -40,8 +40,6 @@ from finops.spans import sync_spans  # noqa: E402
 from finops.usage import dims_key  # noqa: E402
 from finops.windows import TimeRange, month_start, resolve_range  # noqa: E402
 
-ADMIN_URL = os.environ.get("INVENTIV_BENCH_POSTGRES_URL",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NOW = datetime(2025, 12, 15, 13, 37, 21, 123456, tzinfo=UTC)
 TYPES = [("L4-1-24G", "0.75"), ("L4-2-24G", "1.50"), ("L40S-1-48G", "1.40"),
          ("H100-1-80G", "2.73"), ("H100-2-80G", "5.46"), ("H100-SXM-8-80G", "23.028")]
@@ -212,11 +210,12 @@ def naive_ratio(engine: Any, sessions: Any, instance_ids: list[uuid.UUID], days:
 def run(small: bool, runs: int) -> dict[str, Any]:
     rng = random.Random(42)  # noqa: S311 - synthetic data, not security
     n_instances, days, usage = (100, 60, 200_000) if small else (1000, 365, 10_000_000)
-    name = f"inventiv_finops_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with scratch_database("inventiv_finops_bench") as url:
+        return _run_in(url, n_instances, days, usage, rng, small, runs)
+
+
+def _run_in(url: str, n_instances: int, days: int, usage: int, rng: random.Random,
+            small: bool, runs: int) -> dict[str, Any]:
     engine = make_engine(url)
     result: dict[str, Any] = {"backend": "postgresql", "small": small, "runs": runs}
     try:
@@ -273,9 +272,6 @@ def run(small: bool, runs: int) -> dict[str, Any]:
         result["target_met"] = result["summary_p50_ms"] < 50
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     return result
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 import uuid
@@ -23,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from scaleway_core.client import Client
-from sqlalchemy import create_engine, insert, select, text
+from scratch_db import scratch_database
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cluster.clouds.base import NotFound, cluster_tag
@@ -42,8 +42,6 @@ from control_api.reconciler import Reconciler, ReconcileSettings
 
 ZONES = ("fr-par-2", "pl-waw-2")
 CLUSTER = "bench"
-PG_ADMIN_URL = os.environ.get("INVENTIV_BENCH_POSTGRES_URL", os.environ.get(
-    "INVENTIV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
 
 
 def _cloud(url: str) -> ScalewayCloud:
@@ -113,11 +111,12 @@ def _timed(fn: Callable[[], Any], cloud: ScalewayCloud) -> tuple[float, int, Any
 
 def run(vms: int, others: int, passes: int, baseline_passes: int) -> dict[str, Any]:
     """Create a database, seed fake + DB, time the passes, drop the database."""
-    name = f"inventiv_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with scratch_database("inventiv_bench") as url:
+        return _run_in(url, vms, others, passes, baseline_passes)
+
+
+def _run_in(url: str, vms: int, others: int, passes: int,
+            baseline_passes: int) -> dict[str, Any]:
     engine = make_engine(url)
     state = FakeState()
     fake = serve_in_thread(state)
@@ -158,9 +157,6 @@ def run(vms: int, others: int, passes: int, baseline_passes: int) -> dict[str, A
     finally:
         fake.stop()
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     p50, base_p50 = statistics.median(walls), statistics.median(base_walls)
     return {
         "benchmark": "reconcile_pass", "vms": vms, "other_cluster_vms": others,
