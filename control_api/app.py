@@ -32,7 +32,7 @@ from control_api.routes import (
     users,
 )
 from control_api.security import JwtCodec, Passwords
-from control_api.serve_client import client_from_env
+from control_api.serve_client import client_from_settings
 from control_api.services.deployments import serve_sync_job
 from control_api.settings import Settings, get_settings
 from finops import metrics as finops_metrics
@@ -122,8 +122,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         serve_jobs = None
         if settings.background_jobs and app.state.serve_client is not None:
             # Re-applies the desired deployments after a Serve restart or a failed apply.
+            # Also the budget guard: a change of a deployment's scale-up cap is applied here.
             serve_jobs = PeriodicJobs(app.state.sessionmaker,
-                                      {"serve_sync": serve_sync_job(app.state.serve_client)}, 30)
+                                      {"serve_sync": serve_sync_job(app.state.serve_client)},
+                                      settings.serve_sync_seconds)
             serve_jobs.start()
         app.state.jobs = jobs
         reconciler_thread = None
@@ -161,8 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jwt = JwtCodec(settings.resolved_jwt_secret(), settings.jwt_issuer,
                              settings.jwt_audience)
     app.state.metrics_registry = CollectorRegistry()
-    # The Serve REST client (Ray dashboard), when INVENTIV_RAY_DASHBOARD_URL is set.
-    app.state.serve_client = client_from_env()
+    # The Serve REST client (Ray dashboard), when settings.ray_dashboard_url is set.
+    app.state.serve_client = client_from_settings(settings)
     finops_metrics.install(app)
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, deployments,

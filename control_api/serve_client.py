@@ -14,12 +14,13 @@ logged nor put in an error message.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from control_api.settings import Settings
 
 APPLICATIONS_PATH = "/api/serve/applications/"
 DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
@@ -74,45 +75,48 @@ class ServeTarget:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Where the Serve REST API is and how to authenticate (from the environment for now)."""
+    """Where the Serve REST API is and how to authenticate (from :class:`Settings`)."""
 
     dashboard_url: str
     token_file: str | None
     timeout_s: float
     target: ServeTarget
+    token: str | None = field(default=None, repr=False)
 
 
-def serve_config_from_env(env: dict[str, str] | None = None) -> ServeConfig | None:
-    """The Serve settings from ``INVENTIV_*`` variables; ``None`` when
-    ``INVENTIV_RAY_DASHBOARD_URL`` is unset (no Serve configured: writes stay "pending").
+def serve_config(settings: Settings) -> ServeConfig | None:
+    """The Serve settings (``Settings.ray_dashboard_url`` and ``serve_*``); ``None`` when no
+    dashboard URL is set (no Serve configured: writes stay "pending").
 
-    Variables: ``INVENTIV_RAY_DASHBOARD_URL``, ``INVENTIV_RAY_AUTH_TOKEN_FILE``,
-    ``INVENTIV_SERVE_TIMEOUT_SECONDS`` (10), ``INVENTIV_SERVE_APP_NAME`` (inventiv),
-    ``INVENTIV_SERVE_IMPORT_PATH``, ``INVENTIV_SERVE_HTTP_HOST`` (0.0.0.0),
-    ``INVENTIV_SERVE_HTTP_PORT`` (8000), and the ingress options ``INVENTIV_SERVE_CONTROL_API_URL``,
-    ``INVENTIV_SERVE_SERVICE_TOKEN_FILE``, ``INVENTIV_SERVE_SPOOL_DIR``.
+    Environment names (prefix ``INVENTIV_``): ``RAY_DASHBOARD_URL``, ``RAY_AUTH_TOKEN_FILE``
+    (or ``RAY_AUTH_TOKEN``), ``SERVE_TIMEOUT_SECONDS`` (10), ``SERVE_APP_NAME`` (inventiv),
+    ``SERVE_IMPORT_PATH``, ``SERVE_HTTP_HOST`` (0.0.0.0), ``SERVE_HTTP_PORT`` (8000), and the
+    ingress options ``SERVE_CONTROL_API_URL``, ``SERVE_SERVICE_TOKEN_FILE``, ``SERVE_SPOOL_DIR``.
     """
-    e = os.environ if env is None else env
-    url = e.get("INVENTIV_RAY_DASHBOARD_URL")
-    if not url:
+    if not settings.ray_dashboard_url:
         return None
     options = {
-        key: e[var] for key, var in (
-            ("control_api_url", "INVENTIV_SERVE_CONTROL_API_URL"),
-            ("service_token_file", "INVENTIV_SERVE_SERVICE_TOKEN_FILE"),
-            ("spool_dir", "INVENTIV_SERVE_SPOOL_DIR"),
-        ) if e.get(var)
+        key: value for key, value in (
+            ("control_api_url", settings.serve_control_api_url),
+            ("service_token_file", settings.serve_service_token_file),
+            ("spool_dir", settings.serve_spool_dir),
+        ) if value
     }
-    target = ServeTarget(
-        app_name=e.get("INVENTIV_SERVE_APP_NAME", "inventiv"),
-        import_path=e.get("INVENTIV_SERVE_IMPORT_PATH", DEFAULT_IMPORT_PATH),
-        http_host=e.get("INVENTIV_SERVE_HTTP_HOST", "0.0.0.0"),  # noqa: S104
-        http_port=int(e.get("INVENTIV_SERVE_HTTP_PORT", "8000")),
-        ingress_options=options,
-    )
-    return ServeConfig(dashboard_url=url, token_file=e.get("INVENTIV_RAY_AUTH_TOKEN_FILE"),
-                       timeout_s=float(e.get("INVENTIV_SERVE_TIMEOUT_SECONDS", "10")),
-                       target=target)
+    target = ServeTarget(app_name=settings.serve_app_name,
+                         import_path=settings.serve_import_path,
+                         http_host=settings.serve_http_host,
+                         http_port=settings.serve_http_port,
+                         ingress_options=options)
+    return ServeConfig(
+        dashboard_url=settings.ray_dashboard_url,
+        token_file=str(settings.ray_auth_token_file) if settings.ray_auth_token_file else None,
+        timeout_s=settings.serve_timeout_seconds, target=target,
+        token=settings.ray_auth_token.get_secret_value() if settings.ray_auth_token else None)
+
+
+def serve_config_from_env() -> ServeConfig | None:
+    """:func:`serve_config` of the settings read from the environment now."""
+    return serve_config(Settings())
 
 
 def _reason(exc: httpx.TransportError) -> str:
@@ -141,7 +145,7 @@ class ServeClient:
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> ServeClient:
-        return cls(config.dashboard_url, token_file=config.token_file,
+        return cls(config.dashboard_url, token_file=config.token_file, token=config.token,
                    timeout_s=config.timeout_s, target=config.target)
 
     def __enter__(self) -> ServeClient:
@@ -202,7 +206,7 @@ class ServeClient:
         self._request("DELETE")
 
 
-def client_from_env() -> ServeClient | None:
-    """A client from the environment, or ``None`` when Serve is not configured."""
-    config = serve_config_from_env()
+def client_from_settings(settings: Settings) -> ServeClient | None:
+    """A client from the settings, or ``None`` when Serve is not configured."""
+    config = serve_config(settings)
     return ServeClient.from_config(config) if config is not None else None

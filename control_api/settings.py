@@ -58,6 +58,27 @@ class Settings(BaseSettings):
     # Largest JSON body the control API accepts (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
 
+    # Ray Serve, through its REST API on the Ray dashboard (control_api.serve_client). Unset
+    # ``ray_dashboard_url``: no Serve configured, deployment writes stay "pending".
+    ray_dashboard_url: str | None = None
+    # The Ray auth token: a file path, re-read on every request so a rotated token is picked up
+    # without a restart (hence a path field, not a secret read once like the FILE_FIELDS), or
+    # the token itself (INVENTIV_RAY_AUTH_TOKEN) when no file is given.
+    ray_auth_token_file: Path | None = None
+    ray_auth_token: SecretStr | None = None
+    serve_timeout_seconds: float = Field(default=10.0, gt=0)
+    serve_app_name: str = Field(default="inventiv", min_length=1, max_length=64)
+    serve_import_path: str = "serve_apps.builder:app_builder"
+    serve_http_host: str = "0.0.0.0"  # noqa: S104 - Serve's own default; the ingress checks keys
+    serve_http_port: int = Field(default=8000, gt=0, lt=65536)
+    # Ingress options passed to the Serve app (serve_apps.builder.IngressOptions): how the
+    # ingress reaches this API; the service token is passed as a FILE path, never its value.
+    serve_control_api_url: str | None = None
+    serve_service_token_file: str | None = None
+    serve_spool_dir: str | None = None
+    # How often the sync job compares Serve with the desired deployments (and the budget guard).
+    serve_sync_seconds: float = Field(default=30.0, gt=0)
+
     @model_validator(mode="before")
     @classmethod
     def _read_file_secrets(cls, data: Any) -> Any:

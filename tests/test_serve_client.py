@@ -32,9 +32,11 @@ from control_api.serve_client import (
     ServeClient,
     ServeTarget,
     ServeUnreachable,
+    serve_config,
     serve_config_from_env,
 )
 from control_api.services import deployments as svc
+from control_api.settings import Settings
 from serve_apps.spec import parse_spec
 from tests.conftest import _postgres_available
 
@@ -141,7 +143,7 @@ def _kill_leftovers(temp: Path) -> None:
 
 
 def target(head: Head) -> ServeTarget:
-    return ServeTarget(app_name=APP, import_path="tests.serve_fixture_app:build",
+    return ServeTarget(app_name=APP, import_path="tests.serve_fixture_llm_app:build",
                        http_host="127.0.0.1", http_port=head.http_port,
                        ingress_options={"control_api_url": "http://127.0.0.1:1",
                                         "service_token_file": "/nonexistent",
@@ -288,14 +290,34 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
     wait_app(client, present=False, timeout=30)
 
 
-def test_config_from_env() -> None:
-    assert serve_config_from_env({}) is None
-    cfg = serve_config_from_env({"INVENTIV_RAY_DASHBOARD_URL": "http://h:8265",
-                                 "INVENTIV_RAY_AUTH_TOKEN_FILE": "/run/ray-token",
-                                 "INVENTIV_SERVE_HTTP_PORT": "9000",
-                                 "INVENTIV_SERVE_CONTROL_API_URL": "http://api:8080"})
+def test_config_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same INVENTIV_* names as before the move into Settings (``inventiv up`` sets them)."""
+    for name in list(os.environ):
+        if name.startswith(("INVENTIV_SERVE_", "INVENTIV_RAY_")):
+            monkeypatch.delenv(name)
+    assert serve_config_from_env() is None
+    monkeypatch.setenv("INVENTIV_RAY_DASHBOARD_URL", "http://h:8265")
+    monkeypatch.setenv("INVENTIV_RAY_AUTH_TOKEN_FILE", "/run/ray-token")
+    monkeypatch.setenv("INVENTIV_SERVE_HTTP_PORT", "9000")
+    monkeypatch.setenv("INVENTIV_SERVE_APP_NAME", "prod")
+    monkeypatch.setenv("INVENTIV_SERVE_TIMEOUT_SECONDS", "3.5")
+    monkeypatch.setenv("INVENTIV_SERVE_CONTROL_API_URL", "http://api:8080")
+    monkeypatch.setenv("INVENTIV_SERVE_SERVICE_TOKEN_FILE", "/run/svc-token")
+    cfg = serve_config_from_env()
     assert cfg is not None
-    assert (cfg.dashboard_url, cfg.token_file, cfg.target.http_port) == \
-        ("http://h:8265", "/run/ray-token", 9000)
-    assert cfg.target.ingress_options == {"control_api_url": "http://api:8080"}
+    assert (cfg.dashboard_url, cfg.token_file, cfg.target.http_port, cfg.target.app_name,
+            cfg.timeout_s) == ("http://h:8265", "/run/ray-token", 9000, "prod", 3.5)
+    assert cfg.target.ingress_options == {"control_api_url": "http://api:8080",
+                                          "service_token_file": "/run/svc-token"}
     assert repr(ServeClient.from_config(cfg)) == "ServeClient('http://h:8265')"
+    # The token itself (no file) is accepted too, and never shown.
+    settings = Settings(ray_dashboard_url="http://h:8265", ray_auth_token_file=None,
+                        ray_auth_token="s3cret-token")  # type: ignore[arg-type]
+    cfg = serve_config(settings)
+    assert cfg is not None and cfg.token == "s3cret-token" and "s3cret" not in repr(cfg)
+    assert ServeClient.from_config(cfg)._auth_headers() == {
+        "Authorization": "Bearer s3cret-token"}
+    # A bad port is a settings error, not a crash later.
+    monkeypatch.setenv("INVENTIV_SERVE_HTTP_PORT", "not-a-port")
+    with pytest.raises(ValueError, match="serve_http_port"):
+        Settings()

@@ -18,7 +18,7 @@ from control_api.schemas.deployments import (
     DeploymentWriteResult,
     DeploymentWritten,
 )
-from control_api.serve_client import ServeClient, client_from_env
+from control_api.serve_client import ServeClient, client_from_settings
 from control_api.services import deployments as svc
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -36,11 +36,11 @@ _WRITE_BODY: dict[str, Any] = {
 
 
 def serve_client_of(request: Request) -> ServeClient | None:
-    """``app.state.serve_client`` when the app (or a test) set one, else one from the
-    environment, created once (``None``: Serve not configured, writes stay pending)."""
+    """``app.state.serve_client`` when the app (or a test) set one, else one from the app's
+    settings, created once (``None``: Serve not configured, writes stay pending)."""
     state = request.app.state
     if not hasattr(state, "serve_client"):
-        state.serve_client = client_from_env()
+        state.serve_client = client_from_settings(state.settings)
     return state.serve_client  # type: ignore[no-any-return]
 
 
@@ -87,9 +87,10 @@ async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
         results = svc.upsert(db, principal, spec, now)
         if any(r.change != "unchanged" for r in results):
             svc.apply_all(db, serve_client, now)
+        shown = svc.views(db, [r.deployment for r in results])
         return DeploymentWriteResult(items=[
-            DeploymentWritten(**DeploymentOut.of(r.deployment).model_dump(), change=r.change)
-            for r in results])
+            DeploymentWritten(**DeploymentOut.of_view(v).model_dump(), change=r.change)
+            for r, v in zip(results, shown, strict=True)])
 
     # Database work and the Serve PUT (up to its timeout) block: keep them off the event loop.
     return await run_in_threadpool(write)
@@ -101,14 +102,17 @@ def list_deployments(principal: PrincipalDep, db: SessionDep,
     """Deployments by name. Platform admins see all; others those open to every org
     (``allowed_orgs: null``) or to one of theirs. Deleted ones only while ``deleting`` unless
     ``include_deleted``."""
-    return DeploymentList(items=[DeploymentOut.of(d) for d in svc.list_deployments(
-        db, principal, include_deleted=include_deleted)])
+    deps = svc.list_deployments(db, principal, include_deleted=include_deleted)
+    return DeploymentList(items=[DeploymentOut.of_view(v) for v in svc.views(db, deps)])
 
 
 @router.get("/{ref}", response_model=DeploymentOut, openapi_extra=access("user"))
 def show_deployment(ref: str, principal: PrincipalDep, db: SessionDep) -> DeploymentOut:
-    """One deployment by name or id (404 if not visible to the caller)."""
-    return DeploymentOut.of(svc.get_deployment(db, principal, ref))
+    """One deployment by name or id (404 if not visible to the caller), with ``scale_cap``
+    (the budget guard's cap in force, or null) and ``replica_start`` (the expected start time
+    of a new replica the autoscaling policy holds capacity for)."""
+    dep = svc.get_deployment(db, principal, ref)
+    return DeploymentOut.of_view(svc.views(db, [dep])[0])
 
 
 @router.delete("/{ref}", response_model=DeploymentOut, openapi_extra=access("platform_admin"))

@@ -29,6 +29,27 @@ class DeploymentWrite(BaseModel):
         return self
 
 
+class ScaleCapOut(BaseModel):
+    """The budget guard's cap on a deployment's scale-up."""
+
+    replicas: int = Field(description="At most this many replicas (the live count when the cap "
+                                      "started; Serve's max_replicas is at least 1 and at "
+                                      "least min_replicas).")
+    reason: str = Field(description="Which budget is exceeded.")
+    since: datetime
+
+
+class ReplicaStartOut(BaseModel):
+    """Expected start time of a new replica (node boot + model load)."""
+
+    seconds: float
+    source: str = Field(description="spec (the YAML's replica_start_s) | learned (node boots "
+                                    "from the lifecycle history) | default (no history)")
+    node_boot_s: float | None
+    model_load_s: float | None
+    samples: int = Field(description="Node boots the estimate is learned from.")
+
+
 class DeploymentOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -36,15 +57,36 @@ class DeploymentOut(BaseModel):
     status: str
     status_message: str | None
     spec: dict[str, Any]
+    model_id: uuid.UUID | None = Field(
+        default=None, description="The `models` row of the served model name (spec.model.name).")
+    scale_cap: ScaleCapOut | None = Field(
+        default=None, description="Set while a budget caps scale-up: existing replicas keep "
+                                  "serving, no more are added.")
+    replica_start: ReplicaStartOut | None = None
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
 
     @classmethod
-    def of(cls, d: Deployment) -> DeploymentOut:
-        return cls(id=d.id, name=d.name, version=d.version, status=d.status,
-                   status_message=d.status_message, spec=d.spec, created_at=d.created_at,
-                   updated_at=d.updated_at, deleted_at=d.deleted_at)
+    def of(cls, d: Deployment, scale_cap: Any = None, replica_start: Any = None
+           ) -> DeploymentOut:
+        """From the row, the cap in force (``finops.budgets.ScaleCap``) and the start
+        estimate (``autoscaler.startup.StartupEstimate``)."""
+        return cls(
+            id=d.id, name=d.name, version=d.version, status=d.status,
+            status_message=d.status_message, spec=d.spec, model_id=d.model_id,
+            scale_cap=None if scale_cap is None else ScaleCapOut(
+                replicas=scale_cap.replicas, reason=scale_cap.reason, since=scale_cap.since),
+            replica_start=None if replica_start is None else ReplicaStartOut(
+                seconds=replica_start.seconds, source=replica_start.source,
+                node_boot_s=replica_start.node_boot_s, model_load_s=replica_start.model_load_s,
+                samples=replica_start.samples),
+            created_at=d.created_at, updated_at=d.updated_at, deleted_at=d.deleted_at)
+
+    @classmethod
+    def of_view(cls, v: Any) -> DeploymentOut:
+        """From ``control_api.services.deployments.DeploymentView``."""
+        return cls.of(v.deployment, v.scale_cap, v.replica_start)
 
 
 class DeploymentWritten(DeploymentOut):
