@@ -19,6 +19,7 @@ from cli import (
     models,
     orgs,
     reconcile,
+    up,
     users,
 )
 
@@ -46,6 +47,9 @@ app.add_typer(reconcile.app, name="reconcile")
 app.add_typer(models.app, name="models")
 app.command("deploy")(deploy.deploy)
 app.add_typer(deploy.app, name="deployments")
+app.command("up")(up.up)
+app.command("down")(up.down)
+app.command("status")(up.status)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
