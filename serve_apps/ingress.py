@@ -13,7 +13,16 @@ on those routes. ``__serve_build_asgi_app__`` (called by Serve on the replica, a
 2. the bearer key is checked (format + checksum, then the control API through
    :class:`serve_apps.auth.KeyCache`) before the body is even parsed;
 3. the body is read up to the largest ``max_body_bytes`` of all deployments (413 beyond);
-4. every response carries ``x-inventiv-request-id``, the id of its usage event.
+4. every response carries ``x-inventiv-request-id``, the id of its usage event;
+5. with ``options.cors_allow_origins``, ``OPTIONS`` preflights on the served ``/v1`` routes are
+   answered (no key needed) and responses to allowed origins carry
+   ``Access-Control-Allow-Origin`` (:class:`Cors`).
+
+Deployments with ``min_replicas: 0`` may be at zero replicas: their requests are held
+(bounded per deployment, with ``autoscaling.cold_start_timeout_s``) while Serve starts one
+(:class:`serve_apps.limits.ColdStartHold`, :class:`ReplicaProbe`). Each replica owns its spool
+slot with a lock, and adopts the spools of replicas that are gone
+(:mod:`serve_apps.metering`).
 
 The route methods then apply the deployment's limits to the raw JSON, count prompt tokens with
 the model's tokenizer, rewrite what goes upstream (completion budget, forced stream usage) and
@@ -48,7 +57,7 @@ from serve_apps import limits as lim
 from serve_apps import protocol
 from serve_apps.auth import KeyCache, Principal
 from serve_apps.builder import IngressOptions
-from serve_apps.metering import Meter, metered_stream
+from serve_apps.metering import Meter, SpoolAdopter, claim_slot, metered_stream
 from serve_apps.spec import DeploymentFile, DeploymentSpec, PriceSpec
 
 log = logging.getLogger(__name__)
@@ -63,6 +72,10 @@ HEALTH_PATH = "/healthz"
 REQUEST_ID_HEADER = "x-inventiv-request-id"
 # Prompts longer than this are tokenized in a thread, not on the event loop.
 INLINE_TOKENIZE_CHARS = 8192
+# How often a replica looks for the spools of replicas that are gone.
+ADOPT_INTERVAL_S = 30.0
+# Retry-After of a cold-start 503 when the deployment does not say how long a start takes.
+COLD_RETRY_AFTER_S = 10.0
 
 
 
@@ -104,6 +117,16 @@ class Gate:
             await self.app(scope, receive, send)  # lifespan
             return
         method, path = scope["method"], scope["path"]
+        cors = self.ingress.cors
+        origin = _header(scope, b"origin") if cors.enabled else None
+        if origin is not None:
+            if (method == "OPTIONS" and path in ALLOWED_ROUTES
+                    and _header(scope, b"access-control-request-method") is not None):
+                await cors.preflight(send, origin,
+                                     _header(scope, b"access-control-request-headers"))
+                return  # a preflight carries no key: it is answered before auth
+            if cors.allowed(origin):
+                send = _adding_headers(send, cors.response_headers(origin))
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             body = b'{"status":"ok"}'
             await send({"type": "http.response.start", "status": 200, "headers": [
@@ -198,6 +221,65 @@ class Gate:
                 ctx.meter.finish("rejected")
 
 
+def _adding_headers(send: Any, headers: list[tuple[bytes, bytes]]) -> Any:
+    """``send`` with ``headers`` added to the response start (every response, errors and
+    streams included)."""
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", []), *headers]
+        await send(message)
+
+    return wrapped
+
+
+class Cors:
+    """CORS for browsers calling the OpenAI routes with an API key (no cookies, so no
+    ``Allow-Credentials``). ``origins`` are exact origins (``https://app.example.com``), or
+    ``*`` for any. Empty: CORS is off and the gate behaves as if this class did not exist."""
+
+    # What the official JS client sends besides Authorization/Content-Type: a browser refuses
+    # the call unless the preflight allows them.
+    CLIENT_HEADER_PREFIXES = ("x-stainless-", "openai-")
+    MAX_AGE_S = 600
+
+    def __init__(self, origins: list[str]) -> None:
+        self.any = "*" in origins
+        self.origins = frozenset(o.rstrip("/") for o in origins if o != "*")
+
+    @property
+    def enabled(self) -> bool:
+        return self.any or bool(self.origins)
+
+    def allowed(self, origin: str) -> bool:
+        return self.any or origin in self.origins
+
+    def response_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
+        return [(b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"vary", b"Origin"),
+                (b"access-control-expose-headers",
+                 f"{REQUEST_ID_HEADER}, retry-after".encode())]
+
+    async def preflight(self, send: Any, origin: str, requested: str | None) -> None:
+        """Answer an ``OPTIONS`` preflight: 204 with the Allow headers, or 403 (without any
+        CORS header, so the browser blocks the call) for an origin not in the list."""
+        if not self.allowed(origin):
+            await _send_error(send, protocol.origin_not_allowed(origin))
+            return
+        headers = ["Authorization", "Content-Type"]
+        for name in (requested or "").split(","):
+            name = name.strip().lower()
+            if name.startswith(self.CLIENT_HEADER_PREFIXES) and name.isascii():
+                headers.append(name)
+        await send({"type": "http.response.start", "status": 204, "headers": [
+            *self.response_headers(origin),
+            (b"access-control-allow-methods", b"GET, POST"),
+            (b"access-control-allow-headers", ", ".join(headers).encode()),
+            (b"access-control-max-age", str(self.MAX_AGE_S).encode())]})
+        await send({"type": "http.response.body", "body": b""})
+
+
 def _header(scope: Any, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -226,8 +308,12 @@ class InventivIngress(OpenAiIngress):
         self.max_body_bytes = max(d.limits.max_body_bytes for d in self.spec.deployments)
         token = Path(self.options.service_token_file).read_text(encoding="utf-8").strip()
         # One spool per replica slot: a spool directory has a single writer (a starting spool
-        # clears half-written files), and a restarted replica takes over its slot's backlog.
-        spool = Path(self.options.spool_dir) / _replica_slot()
+        # clears half-written files), the process holding its lock for its whole life; a
+        # restarted replica takes over its slot's backlog, and the spools of replicas that
+        # are gone (scale-down) are adopted and replayed by a live one.
+        spool_root = Path(self.options.spool_dir)
+        self._slot = claim_slot(spool_root, _replica_slot())
+        spool = self._slot.path
         # Two clients: key checks must fail fast (one retry, short timeout); usage waits in a
         # buffer, then in the durable spool, and is retried for as long as it takes.
         self._verify_client = InternalClient(
@@ -236,10 +322,19 @@ class InventivIngress(OpenAiIngress):
         self._usage_client = InternalClient(
             self.options.control_api_url, token, spool_dir=spool / "usage")
         self._usage_client.start_background_flush(self.options.usage_flush_interval_s)
+        self._adopter = SpoolAdopter(
+            spool_root, spool.name, lambda d: _replay_spool(self.options.control_api_url,
+                                                            token, d),
+            interval_s=ADOPT_INTERVAL_S)
+        self._adopter.start()
         self.keys = KeyCache(self._verify_client.verify_key, ttl=self.options.key_ttl_s,
                              stale=self.options.key_stale_s,
                              negative_ttl=self.options.negative_ttl_s)
         self.metrics = IngressMetrics()
+        self._probe = ReplicaProbe(self._deployment_names())
+        self.cold = lim.ColdStartHold(self._probe.running, on_held=self.metrics.held,
+                                      on_waited=self.metrics.waited)
+        self.cors = Cors(self.options.cors_allow_origins)
         self._tokenizers: dict[str, Any] = {
             name: _load_tokenizer(dep) for name, dep in self.deployments.items()}
         self._limiter: Any = None
@@ -253,10 +348,21 @@ class InventivIngress(OpenAiIngress):
         return app
 
     async def __del__(self) -> None:  # Serve awaits it on replica shutdown
+        adopter = getattr(self, "_adopter", None)
+        if adopter is not None:
+            await asyncio.to_thread(adopter.stop)
         for client in (getattr(self, "_usage_client", None),
                        getattr(self, "_verify_client", None)):
             if client is not None:
                 await asyncio.to_thread(client.close)
+        slot = getattr(self, "_slot", None)
+        if slot is not None:
+            slot.release()  # what is still spooled is adopted by a live replica
+
+    def _deployment_names(self) -> dict[str, str]:
+        """Model name -> the Serve deployment serving it (for the replica probe)."""
+        return {model: handle.deployment_name
+                for model, handle in self._default_serve_handles.items()}
 
     # -------------------------------------------------------------- helpers
 
@@ -482,18 +588,34 @@ class InventivIngress(OpenAiIngress):
                 options_type = _stream_options_type(type(body))
                 body.stream_options = options_type(include_usage=True,
                                                    continuous_usage_stats=True)
+        method = {"chat": OpenAiIngress.chat, "completions": OpenAiIngress.completions,
+                  "embeddings": OpenAiIngress.embeddings}[endpoint]
+
+        async def upstream() -> Any:
+            return await method(self, body, request)
+
         try:
-            if endpoint == "chat":
-                response = await super().chat(body, request)
-            elif endpoint == "completions":
-                response = await super().completions(body, request)
+            if dep.autoscaling.min_replicas == 0:
+                # May be at zero replicas: held (bounded, with a deadline) while one starts.
+                auto = dep.autoscaling
+                response = await self.cold.call(
+                    dep.model.name, upstream, limit=auto.max_queued_requests,
+                    timeout_s=auto.cold_start_timeout_s, retry_after_s=_cold_retry_after(dep))
             else:
-                response = await super().embeddings(body, request)
+                response = await upstream()
         except asyncio.CancelledError:
             meter.finish("aborted")
             raise
         except BackPressureError:
             return self._overloaded(meter, dep, org)
+        except protocol.OpenAIError as err:
+            # Cold start: the wait exceeded its limit (503) or too many were held (429).
+            # Nothing was generated: 0 tokens, "rejected" like any request refused unserved.
+            meter.finish("rejected")
+            if err.status == 429:
+                self.metrics.limited(dep.model.name, org, err.code or "overloaded")
+            self.metrics.error(dep.model.name, org, err.status)
+            return _json_error(err)
         except Exception as exc:
             meter.finish("error")
             self.metrics.error(dep.model.name, org, int(getattr(exc, "status_code", 500)))
@@ -561,6 +683,81 @@ def token_cost(price: PriceSpec, prompt_tokens: int, completion_tokens: int) -> 
     the ledger is computed from usage records by finops)."""
     return float(price.input_eur_per_1m * prompt_tokens
                  + price.output_eur_per_1m * completion_tokens) / 1_000_000
+
+
+def _cold_retry_after(dep: DeploymentSpec) -> float:
+    """Retry-After of a cold-start 503: the replica keeps starting after the held request is
+    dropped (Serve's target stays at one until it runs), so a retry after about the rest of
+    the expected start time finds it warm."""
+    auto = dep.autoscaling
+    if auto.replica_start_s is None:
+        return COLD_RETRY_AFTER_S
+    return min(300.0, max(1.0, auto.replica_start_s - auto.cold_start_timeout_s))
+
+
+def _replay_spool(control_api_url: str, token: str, spool_dir: Path) -> int:
+    """Replay one orphaned spool directory; the number of batches the control API took."""
+    from control_api.client.internal import InternalClient
+
+    client = InternalClient(control_api_url, token, spool_dir=spool_dir, max_retries=1)
+    try:
+        return client.replay().sent_batches
+    finally:
+        client.close(flush=False)
+
+
+class ReplicaProbe:
+    """Running replicas per model, from ``serve.status()`` (the public API; in a thread, as it
+    blocks), cached ``ttl_s`` and fetched once for all concurrent callers."""
+
+    def __init__(self, deployments: dict[str, str], *, ttl_s: float = 1.0,
+                 fetch: Any = None, clock: Any = None) -> None:
+        import time
+
+        self.deployments = deployments
+        self.ttl_s = ttl_s
+        self._fetch = fetch or _serve_running_replicas
+        self._clock = clock or time.monotonic
+        self._counts: dict[str, int] | None = None
+        self._at = float("-inf")
+        self._inflight: asyncio.Future[dict[str, int] | None] | None = None
+
+    async def running(self, model: str) -> int | None:
+        """Running replicas of the model's deployment; None when unknown."""
+        name = self.deployments.get(model)
+        if name is None:
+            return None
+        if self._counts is None or self._clock() - self._at > self.ttl_s:
+            if self._inflight is None:
+                self._inflight = asyncio.ensure_future(self._refresh())
+            inflight = self._inflight
+            # Shielded: one caller going away must not cancel the others' fetch.
+            await asyncio.shield(inflight)
+        return None if self._counts is None else self._counts.get(name)
+
+    async def _refresh(self) -> dict[str, int] | None:
+        try:
+            counts = await asyncio.to_thread(self._fetch)
+            self._counts, self._at = counts, self._clock()
+        except Exception:  # noqa: BLE001 - unknown: requests are not held (see ColdStartHold)
+            log.warning("cannot read Serve's replica states", exc_info=True)
+            self._counts, self._at = None, self._clock()
+        finally:
+            self._inflight = None
+        return self._counts
+
+
+def _serve_running_replicas() -> dict[str, int]:
+    """RUNNING replicas per deployment of this replica's application."""
+    from ray import serve
+
+    app_name = serve.get_replica_context().app_name
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    return {name: sum(n for state, n in d.replica_states.items()
+                      if str(getattr(state, "value", state)) == "RUNNING")
+            for name, d in app.deployments.items()}
 
 
 def _replica_slot() -> str:

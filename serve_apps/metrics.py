@@ -4,6 +4,10 @@ node's Ray metrics agent and show in the Ray dashboard with Ray's own Serve metr
 Names are prefixed ``ray_`` by Ray's exporter: ``ray_inventiv_requests_total`` etc. Labels:
 ``model`` and ``org`` (org id; bounded by the number of orgs), plus ``code`` on errors and
 ``kind`` (prompt/completion) on tokens, ``reason`` on rate-limit rejections.
+
+Scale from zero: ``inventiv_cold_start_held`` (requests held for a deployment at zero replicas,
+per ingress replica, by ``model``) and ``inventiv_cold_start_wait_s`` (how long each held
+request waited, by ``model`` and ``outcome``: served, timeout, aborted).
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ from typing import Any
 # TTFT buckets (ms): CPU engines sit in the hundreds of ms, GPUs in the tens.
 TTFT_BOUNDARIES_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
                       10000.0, 30000.0]
+# Cold-start waits (s): node boot + model load, from tens of seconds to minutes.
+COLD_START_BOUNDARIES_S = [1.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
+                           600.0, 1200.0]
 
 
 class IngressMetrics:
     """The ingress's counters and histograms (one set per replica process)."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Histogram
+        from ray.util.metrics import Counter, Gauge, Histogram
 
         self.requests = Counter(
             "inventiv_requests", description="Requests answered by the ingress, by model/org.",
@@ -36,6 +43,14 @@ class IngressMetrics:
         self.ttft = Histogram(
             "inventiv_ttft_ms", description="Time to first token of streamed requests (ms).",
             boundaries=TTFT_BOUNDARIES_MS, tag_keys=("model", "org"))
+        self.cold_held = Gauge(
+            "inventiv_cold_start_held",
+            description="Requests held while their deployment starts from zero replicas.",
+            tag_keys=("model",))
+        self.cold_wait = Histogram(
+            "inventiv_cold_start_wait_s",
+            description="Time a request waited for a deployment to start from zero (s).",
+            boundaries=COLD_START_BOUNDARIES_S, tag_keys=("model", "outcome"))
 
     def request(self, model: str, org: str, endpoint: str) -> None:
         self.requests.inc(1, tags={"model": model, "org": org, "endpoint": endpoint})
@@ -54,3 +69,9 @@ class IngressMetrics:
 
     def limited(self, model: str, org: str, reason: str) -> None:
         self.rate_limited.inc(1, tags={"model": model, "org": org, "reason": reason})
+
+    def held(self, model: str, count: int) -> None:
+        self.cold_held.set(count, tags={"model": model})
+
+    def waited(self, model: str, seconds: float, outcome: str) -> None:
+        self.cold_wait.observe(seconds, tags={"model": model, "outcome": outcome})

@@ -95,3 +95,16 @@ def rate_limited(message: str, retry_after_s: float, code: str = "rate_limit_exc
 def quota_exceeded() -> OpenAIError:
     return OpenAIError(429, "You exceeded this API key's monthly budget.",
                        type=INSUFFICIENT_QUOTA, code="insufficient_quota")
+
+
+def cold_start_timeout(model: str, waited_s: float, retry_after_s: float) -> OpenAIError:
+    """The model was at zero replicas and none started within its cold-start limit."""
+    return OpenAIError(503, f"The model `{model}` is starting (scaled to zero); no replica was "
+                       f"ready after {waited_s:.0f} s. Retry shortly.", type=SERVER,
+                       code="model_cold_start_timeout",
+                       headers={"Retry-After": str(max(1, int(retry_after_s + 0.999)))})
+
+
+def origin_not_allowed(origin: str) -> OpenAIError:
+    return OpenAIError(403, f"The origin `{origin}` may not call this endpoint (CORS).",
+                       type=PERMISSION, code="origin_not_allowed")
