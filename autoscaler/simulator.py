@@ -308,6 +308,8 @@ class SimResult:
     idle_share: float
     p50_wait_s: float | None
     p95_wait_s: float | None
+    p99_wait_s: float | None
+    mean_wait_s: float | None
     max_wait_s: float | None
     replica_seconds: float
     max_replicas: int
@@ -329,6 +331,7 @@ class SimResult:
             "cost_eur": str(self.cost_eur), "gpu_hours": round(self.gpu_hours, 6),
             "idle_share": round(self.idle_share, 6),
             "p50_wait_s": _r(self.p50_wait_s), "p95_wait_s": _r(self.p95_wait_s),
+            "p99_wait_s": _r(self.p99_wait_s), "mean_wait_s": _r(self.mean_wait_s),
             "max_wait_s": _r(self.max_wait_s),
             "requests": self.requests, "served": self.served, "rejected": self.rejected,
             "unserved": self.unserved,
@@ -754,6 +757,8 @@ class Simulation:
             gpu_hours=node_s * gpus / 3600.0,
             idle_share=(1.0 - busy_s / node_s) if node_s > 0 else 0.0,
             p50_wait_s=percentile(waits, 50), p95_wait_s=percentile(waits, 95),
+            p99_wait_s=percentile(waits, 99),
+            mean_wait_s=sum(waits) / len(waits) if waits else None,
             max_wait_s=waits[-1] if waits else None, replica_seconds=self._replica_seconds,
             max_replicas=self._max_replicas, max_nodes=self._max_nodes, window_s=end,
             node_boot_s=self.boot_s, model_load_s=self.load_s, idle_timeout_s=self.idle_s,
@@ -764,6 +769,8 @@ def simulate(trace: Sequence[TraceRequest], dep: SimDeployment, *,
              policy: PolicyName | None = None, options: SimOptions | None = None,
              catalog: Catalog | None = None) -> SimResult:
     """Replay ``trace`` through ``policy`` (default: the deployment's own) and measure it."""
+    import ray.serve.autoscaling_policy  # noqa: F401 - Ray sets its loggers' levels on import
+
     serve_log = logging.getLogger("ray.serve")
     level = serve_log.level
     # The policies log every change of replica count for the controller log; thousands of

@@ -39,6 +39,7 @@ from serve_apps.spec import SpecError, load_spec_file
 FIGURES = [
     ("cost_eur", "cost (EUR)"), ("gpu_hours", "GPU-hours"), ("idle_share", "idle share"),
     ("p50_wait_s", "p50 queue wait (s)"), ("p95_wait_s", "p95 queue wait (s)"),
+    ("p99_wait_s", "p99 queue wait (s)"), ("mean_wait_s", "mean queue wait (s)"),
     ("max_wait_s", "max queue wait (s)"), ("requests", "requests"), ("served", "served"),
     ("rejected", "rejected (queue full)"), ("unserved", "unserved at the end"),
     ("replica_seconds", "replica-seconds serving"), ("max_replicas", "max replicas"),
@@ -46,7 +47,7 @@ FIGURES = [
     ("hourly_eur", "EUR/h per node"), ("window_s", "window (s)"),
 ]
 RATIO_KEYS = ("cost_eur", "gpu_hours", "idle_share", "p50_wait_s", "p95_wait_s",
-              "replica_seconds")
+              "p99_wait_s", "mean_wait_s", "replica_seconds")
 
 
 def pick_deployment(path: Path, name: str | None) -> SimDeployment:
