@@ -18,15 +18,16 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import ActionLog, Deployment
+from control_api.models import ActionLog, Budget, BudgetScope, Deployment
 from control_api.serve_client import (
     ServeAuthError,
     ServeClient,
@@ -37,6 +38,7 @@ from control_api.serve_client import (
 )
 from control_api.services import deployments as svc
 from control_api.settings import Settings
+from finops.budgets import current_scale_caps, evaluate_budgets
 from serve_apps.spec import parse_spec
 from tests.conftest import _postgres_available
 
@@ -321,3 +323,109 @@ def test_config_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INVENTIV_SERVE_HTTP_PORT", "not-a-port")
     with pytest.raises(ValueError, match="serve_http_port"):
         Settings()
+
+
+GUARDED = """\
+version: 1
+deployments:
+  - name: gamma
+    model: {name: m-gamma, source: builtin:tiny-llama}
+    engine: {max_model_len: 512}
+    limits: {max_tokens: 64}
+    autoscaling: {min_replicas: 2, max_replicas: 4, initial_replicas: 2}
+  - name: delta
+    model: {name: m.delta, source: builtin:tiny-llama}
+    engine: {max_model_len: 512}
+    limits: {max_tokens: 64}
+    autoscaling: {policy: ray, min_replicas: 1, max_replicas: 1}
+"""
+
+
+def replica_ids(client: ServeClient) -> dict[str, set[str]]:
+    """Replica ids per deployment once the app is RUNNING, every replica RUNNING, and two
+    reads a second apart agree (a rolling restart would show up in between)."""
+    deadline = time.monotonic() + 90
+    previous: dict[str, set[str]] | None = None
+    while True:
+        app = client.get_applications()["applications"].get(APP) or {}
+        ids = {name: {r["replica_id"] for r in d.get("replicas") or []}
+               for name, d in (app.get("deployments") or {}).items()}
+        settled = app.get("status") == "RUNNING" and all(
+            r.get("state") == "RUNNING" for d in (app.get("deployments") or {}).values()
+            for r in d.get("replicas") or [])
+        if settled and ids == previous:
+            return ids
+        previous = ids if settled else None
+        assert time.monotonic() < deadline, app
+        time.sleep(1)
+
+
+def deployed_max(client: ServeClient, name: str) -> int:
+    cfg = client.get_applications()["applications"][APP]["deployed_app_config"]
+    return next(int(d["autoscaling_config"]["max_replicas"]) for d in cfg["deployments"]
+                if d["name"] == name)
+
+
+def test_budget_cap_is_a_lightweight_update(db_url: str, ray_head: Head,
+                                            db: sessionmaker[Session]) -> None:
+    """A budget cap (max_replicas in the per-deployment override) keeps every replica; a change
+    of policy_kwargs (what the cap must NOT use) restarts every replica of the app."""
+    if db_url.startswith("sqlite") and _postgres_available() is None:
+        pytest.skip("runs once, on Postgres")
+    client = ServeClient(ray_head.dashboard_url, token_file=ray_head.token_file,
+                         timeout_s=20, target=target(ray_head))
+    job = svc.serve_sync_job(client)
+    with db() as s, s.begin():
+        add(s, GUARDED)
+        assert svc.apply_all(s, client).ok
+    wait_app(client, present=True)
+    before = replica_ids(client)
+    assert len(before["LLMServer:m-gamma"]) == 2 and len(before["LLMServer:m_delta"]) == 1
+    assert deployed_max(client, "LLMServer:m-gamma") == 4
+    with db() as s, s.begin():
+        # Once Serve runs the deployment, initial_replicas leaves the override (else Serve would
+        # reset the replica target to it on every config change): one lightweight update.
+        assert job(s, svc.utcnow())["applied"] is True
+    assert replica_ids(client) == before
+    with db() as s, s.begin():
+        assert job(s, svc.utcnow())["in_sync"] is True
+        gamma_id = s.scalar(select(Deployment.id).where(Deployment.name == "gamma"))
+        assert gamma_id is not None
+        # A zero budget is exceeded at once (spend 0 >= 0).
+        s.add(Budget(scope=BudgetScope.DEPLOYMENT, target_id=gamma_id, monthly_eur=Decimal(0)))
+        s.flush()
+        evaluate_budgets(s, svc.utcnow())
+        out = job(s, svc.utcnow())
+        assert out == {"in_sync": False, "applied": True, "status": "applied"}, out
+        caps = current_scale_caps(s)
+        assert caps[gamma_id].replicas == 2
+        assert caps[gamma_id].reason == "deployment budget exceeded"
+    after = replica_ids(client)
+    assert after == before, "the cap restarted replicas"
+    assert deployed_max(client, "LLMServer:m-gamma") == 2
+    with db() as s, s.begin():
+        assert job(s, svc.utcnow()) == {"in_sync": True, "serve_status": "running"}
+        assert len(list(s.scalars(select(ActionLog.id).where(
+            ActionLog.type == "deployment.scale_capped")))) == 1
+        # Budget raised: the cap ends, max_replicas is back, replicas untouched.
+        s.execute(update(Budget).values(monthly_eur=Decimal(100)))
+        evaluate_budgets(s, svc.utcnow())
+        assert job(s, svc.utcnow())["applied"] is True
+        assert current_scale_caps(s) == {}
+    assert replica_ids(client) == before
+    assert deployed_max(client, "LLMServer:m-gamma") == 4
+
+    # Why not policy_kwargs: the same config with only gamma's policy_kwargs changed is a new
+    # code version for Serve, and EVERY replica of the app (delta's, the ingress') restarts.
+    with db() as s:
+        config = svc.desired_config(s, client.target, client.get_applications())
+    gamma = next(d for d in config["applications"][0]["deployments"]
+                 if d["name"] == "LLMServer:m-gamma")
+    gamma["autoscaling_config"]["policy"]["policy_kwargs"]["replica_start_s"] += 5
+    client.put_applications(config)
+    time.sleep(2)  # let the controller start the rebuild before polling for a settled app
+    restarted = replica_ids(client)
+    for name, ids in before.items():
+        assert not ids & restarted[name], f"{name} kept replicas across a policy_kwargs change"
+    client.delete_applications()
+    wait_app(client, present=False, timeout=30)
