@@ -13,12 +13,13 @@ GPU and CPU go through the same code: only the placement fields differ.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autoscaler.serve_policy import serve_autoscaling_config
 from serve_apps.spec import DeploymentFile, DeploymentSpec
 
 BUILTIN_PREFIX = "builtin:"
@@ -59,6 +60,17 @@ class IngressOptions(BaseModel):
     rate_limits: bool = True
     # Browser origins allowed to call the OpenAI endpoint (CORS); empty: no CORS headers.
     cors_allow_origins: list[str] = Field(default_factory=list)
+
+
+class AutoscalingOverrides(BaseModel):
+    """What the control API learns or decides about one deployment's autoscaling at apply time
+    (not in the YAML): the measured replica start time and the budget guard's cap. They reach
+    the policy as ``policy_kwargs`` (see ``autoscaler.serve_policy``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replica_start_s: float | None = Field(default=None, gt=0)
+    scale_up_cap: int | None = Field(default=None, ge=0)
 
 
 def resolve_builtin(source: str) -> str:
@@ -117,19 +129,14 @@ def placement(dep: DeploymentSpec) -> dict[str, Any]:
 
 
 def llm_config_dict(dep: DeploymentSpec,
-                    resolve: Callable[[str], str] = resolve_builtin) -> dict[str, Any]:
+                    resolve: Callable[[str], str] = resolve_builtin,
+                    overrides: AutoscalingOverrides | None = None) -> dict[str, Any]:
     """The ``LLMConfig`` arguments of one deployment (a dict: printable, testable, and
     ``LLMConfig(**it)`` validates it)."""
     auto = dep.autoscaling
-    autoscaling: dict[str, Any] = {
-        "min_replicas": auto.min_replicas,
-        "max_replicas": auto.max_replicas,
-        "target_ongoing_requests": auto.target_ongoing_requests,
-        "downscale_delay_s": auto.downscale_delay_s,
-        "upscale_delay_s": auto.upscale_delay_s,
-    }
-    if auto.initial_replicas is not None:
-        autoscaling["initial_replicas"] = auto.initial_replicas
+    over = overrides or AutoscalingOverrides()
+    autoscaling = serve_autoscaling_config(auto, replica_start_s=over.replica_start_s,
+                                           scale_up_cap=over.scale_up_cap)
     env = dict(OFFLINE_ENV)
     if dep.placement.accelerator_type is None:
         env.update(CPU_ENV)
@@ -154,15 +161,21 @@ def llm_config_dict(dep: DeploymentSpec,
 
 
 def build_llm_configs(spec: DeploymentFile,
-                      resolve: Callable[[str], str] = resolve_builtin) -> list[Any]:
-    """One ``ray.serve.llm.LLMConfig`` per deployment."""
+                      resolve: Callable[[str], str] = resolve_builtin,
+                      autoscaling: Mapping[str, AutoscalingOverrides] | None = None
+                      ) -> list[Any]:
+    """One ``ray.serve.llm.LLMConfig`` per deployment (``autoscaling``: overrides by
+    deployment name)."""
     from ray.serve.llm import LLMConfig
 
-    return [LLMConfig(**llm_config_dict(dep, resolve)) for dep in spec.deployments]
+    autoscaling = autoscaling or {}
+    return [LLMConfig(**llm_config_dict(dep, resolve, autoscaling.get(dep.name)))
+            for dep in spec.deployments]
 
 
 def build_app(spec: DeploymentFile, options: IngressOptions,
-              resolve: Callable[[str], str] = resolve_builtin) -> Any:
+              resolve: Callable[[str], str] = resolve_builtin,
+              autoscaling: Mapping[str, AutoscalingOverrides] | None = None) -> Any:
     """The Serve application: every deployment behind our ingress (``serve.run`` it)."""
     from ray.serve.llm import build_openai_app
 
@@ -172,7 +185,8 @@ def build_app(spec: DeploymentFile, options: IngressOptions,
     for dep in resolved.deployments:
         dep.model.source = resolve(dep.model.source)
     return build_openai_app({
-        "llm_configs": build_llm_configs(resolved, resolve=lambda s: s),
+        "llm_configs": build_llm_configs(resolved, resolve=lambda s: s,
+                                         autoscaling=autoscaling),
         "ingress_cls_config": {
             "ingress_cls": InventivIngress,
             "ingress_extra_kwargs": {
@@ -195,6 +209,9 @@ def token_file_ok(path: str) -> bool:
 
 
 def app_builder(args: dict[str, Any]) -> Any:
-    """Serve ``import_path`` target of the control API: ``args = {"spec", "options"}``."""
+    """Serve ``import_path`` target of the control API: ``args = {"spec", "options"}`` and
+    optionally ``"autoscaling": {deployment name: {"replica_start_s", "scale_up_cap"}}``."""
+    overrides = {name: AutoscalingOverrides.model_validate(value)
+                 for name, value in (args.get("autoscaling") or {}).items()}
     return build_app(DeploymentFile.model_validate(args["spec"]),
-                     IngressOptions.model_validate(args["options"]))
+                     IngressOptions.model_validate(args["options"]), autoscaling=overrides)

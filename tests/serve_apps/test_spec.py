@@ -202,3 +202,23 @@ def test_accelerator_candidates_need_a_gpu_placement_and_are_unique() -> None:
     [(field, _, _)] = issues(
         MINIMAL + "    placement: {accelerator_type: L4, model_memory_gb: 0}\n")
     assert field == "deployments[0].placement.model_memory_gb"
+
+
+def test_llm_config_plugs_the_selected_autoscaling_policy() -> None:
+    from serve_apps.builder import AutoscalingOverrides
+
+    dep = _dep("    autoscaling: {min_replicas: 0, max_replicas: 4, upscale_delay_s: 5}\n"
+               ).deployments[0]
+    auto = llm_config_dict(dep, resolve=lambda s: s, overrides=AutoscalingOverrides(
+        replica_start_s=80, scale_up_cap=2))["deployment_config"]["autoscaling_config"]
+    assert auto["policy"]["policy_function"] == "autoscaler.serve_policy:InventivPolicy"
+    assert auto["policy"]["policy_kwargs"]["scale_up_cap"] == 2
+    assert auto["policy"]["policy_kwargs"]["replica_start_s"] == 80
+    assert auto["policy"]["policy_kwargs"]["upscale_delay_s"] == 5
+    assert auto["upscale_delay_s"] == 0  # the policy applies the delays, not Serve on top
+    ray_dep = _dep("    autoscaling: {policy: ray, upscale_delay_s: 5}\n").deployments[0]
+    auto = llm_config_dict(ray_dep, resolve=lambda s: s)["deployment_config"][
+        "autoscaling_config"]
+    assert "policy" not in auto and auto["upscale_delay_s"] == 5
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        AutoscalingOverrides(scale_up_cap=-1)
