@@ -20,8 +20,7 @@ and any request: scale to >= 1 without asking the policy), the scaling factors (
 effect) and the ``[min, max]`` bounds (adjusted by target capacity).
 
 **The policy_kwargs contract** (all JSON, all optional; the control API sets the last two
-through Serve's config, e.g. by rebuilding the app with :func:`serve_apps.builder.app_builder`'s
-``autoscaling`` argument):
+at deploy time through :func:`serve_apps.builder.app_builder`'s ``autoscaling`` argument):
 
 - ``upscale_delay_s``, ``downscale_delay_s``, ``downscale_to_zero_delay_s`` (float, the last may
   be null): the YAML's delays. Absent: ``ctx.config``'s (i.e. Serve's) values.
@@ -34,9 +33,13 @@ through Serve's config, e.g. by rebuilding the app with :func:`serve_apps.builde
   a deployment at zero replicas is started by Serve even when capped: the budget guard must
   also refuse at the ingress (or set ``min_replicas``/``max_replicas``) to stop that.
 
-Changing ``policy_kwargs`` is a lightweight config update in Serve (replicas are not
-restarted), but Serve then re-creates the policy and resets its state: downscales wait one
-full hold again, which is the safe direction.
+Changing ``policy_kwargs`` of a running app is NOT a lightweight update in Ray 2.60: Serve
+treats it as new code and restarts every replica of the app (measured in
+``tests/test_serve_client.py``). So a budget cap that comes and goes at run time is applied as
+a ``max_replicas`` override (a lightweight update; the policy reads Serve's capacity-adjusted
+bounds, so it obeys it), and ``scale_up_cap`` here is for a cap known at deploy time and for
+the simulator. Any config change also resets the policy state: downscales then wait one full
+hold again, the safe direction.
 
 State: the pure policy's state lives under ``policy_state["inventiv"]`` (Serve keeps its own
 ``__decision_*`` keys in the same dict); the last reason under ``policy_state["reason"]``.
