@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.db import session_scope, utcnow
 from control_api.models import Budget, Deployment
-from finops.budgets import budget_ratio, evaluate_budgets
+from finops.budgets import budget_ratio, current_scale_caps, evaluate_budgets
 from finops.costs import burn_rate, window_costs_units
 from finops.ledger import EPOCH, to_us, units_to_eur
 from finops.spans import sync_spans
@@ -62,6 +62,12 @@ class FinopsCollector(Collector):
         state = GaugeMetricFamily("inventiv_budget_state",
                                   "Budget state (0 ok, 1 warning, 2 exceeded)",
                                   labels=["scope", "budget_id"])
+        capped = GaugeMetricFamily("inventiv_deployment_scale_up_capped",
+                                   "1 while a budget caps the deployment's scale-up, else 0",
+                                   labels=["deployment"])
+        cap_replicas = GaugeMetricFamily("inventiv_deployment_scale_up_cap_replicas",
+                                         "Replicas a capped deployment is held at",
+                                         labels=["deployment"])
         with session_scope(self.sessions) as s:
             sync_spans(s)
             rollup_usage(s, max_batches=5)
@@ -86,7 +92,15 @@ class FinopsCollector(Collector):
                 labels = [str(b.scope.value if hasattr(b.scope, "value") else b.scope), str(b.id)]
                 ratio.add_metric(labels, float(budget_ratio(b.spent_eur or 0, b.monthly_eur)))
                 state.add_metric(labels, STATE_VALUE[str(getattr(b.state, "value", b.state))])
-        yield from (burn, cost, tokens, ratio, state)
+            caps = current_scale_caps(s)
+            for dep_id, name in s.execute(select(Deployment.id, Deployment.name)
+                                          .where(Deployment.deleted_at.is_(None))
+                                          .order_by(Deployment.name)):
+                cap = caps.get(dep_id)
+                capped.add_metric([name], 1.0 if cap is not None else 0.0)
+                if cap is not None:
+                    cap_replicas.add_metric([name], float(cap.replicas))
+        yield from (burn, cost, tokens, ratio, state, capped, cap_replicas)
 
 
 def install(app: Any, clock: Callable[[], datetime] | None = None) -> FinopsCollector:
