@@ -41,9 +41,11 @@ RUN set -e; \
 
 FROM ${PYTHON_IMAGE}
 # No secret is baked in: tokens and passwords arrive as files (compose secrets, *_FILE variables).
+# The directories compose mounts volumes on exist here, owned by the runtime user, so the
+# volumes start writable by it (the model cache is shared by the head and CPU workers).
 RUN useradd --system --uid 10001 --create-home --home-dir /home/inventiv inventiv \
- && mkdir -p /var/lib/inventiv /tmp/ray \
- && chown inventiv:inventiv /var/lib/inventiv /tmp/ray
+ && mkdir -p /var/lib/inventiv /tmp/ray /home/inventiv/.cache/inventiv/models \
+ && chown -R inventiv:inventiv /var/lib/inventiv /tmp/ray /home/inventiv/.cache
 COPY --from=build /opt/inventiv /opt/inventiv
 ENV PATH=/opt/inventiv/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
