@@ -249,15 +249,13 @@ def from_deployment_spec(dep: DeploymentSpec) -> SimDeployment:
         target_ongoing_requests=a.target_ongoing_requests,
         max_ongoing_requests=a.max_ongoing_requests, max_queued_requests=a.max_queued_requests,
         upscale_delay_s=a.upscale_delay_s, downscale_delay_s=a.downscale_delay_s,
-        downscale_to_zero_delay_s=getattr(a, "downscale_to_zero_delay_s", None),
-        initial_replicas=a.initial_replicas,
-        replica_start_s=getattr(a, "replica_start_s", None),
-        policy=getattr(a, "policy", "inventiv"),
+        downscale_to_zero_delay_s=a.downscale_to_zero_delay_s,
+        initial_replicas=a.initial_replicas, replica_start_s=a.replica_start_s, policy=a.policy,
         accelerator_type=pl.accelerator_type,
-        accelerator_candidates=tuple(getattr(pl, "accelerator_candidates", ()) or ()),
+        accelerator_candidates=tuple(pl.accelerator_candidates),
         resources=dict(pl.resources),
         gpus_per_replica=dep.engine.tensor_parallel_size if pl.accelerator_type else 1,
-        model_memory_gb=getattr(pl, "model_memory_gb", None))
+        model_memory_gb=pl.model_memory_gb)
 
 
 @dataclass(frozen=True)
