@@ -328,6 +328,7 @@ def test_dashboards_cover_the_operations_topics() -> None:
         "requests": "ray_inventiv_requests_total", "errors by code": "ray_inventiv_errors_total",
         "TTFT": "ray_inventiv_ttft_ms_bucket", "tokens/s": "ray_inventiv_tokens_total",
         "rate-limit rejections": "ray_inventiv_rate_limited_total",
+        "scale from zero": "ray_inventiv_cold_start_wait_s_bucket",
         "replicas target": "ray_serve_autoscaling_target_replicas",
         "replicas desired": "ray_serve_autoscaling_desired_replicas",
         "replicas healthy": "ray_serve_deployment_replica_healthy",
