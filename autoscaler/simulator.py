@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 
@@ -397,10 +397,12 @@ class ServePolicyDriver:
         from ray.serve._private.common import DeploymentID
         from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-        from autoscaler.serve_policy import serve_autoscaling_config
+        from autoscaler.serve_policy import AutoscalingFields, serve_autoscaling_config
 
+        # SimDeployment has every field the protocol reads (frozen, hence "read-only" to mypy).
+        fields = cast("AutoscalingFields", replace(dep, policy=policy))
         self.serve_config = serve_autoscaling_config(
-            replace(dep, policy=policy), replica_start_s=replica_start_s,
+            fields, replica_start_s=replica_start_s,
             scale_up_cap=scale_up_cap)
         self.config = AutoscalingConfig(**self.serve_config)
         self._module = ap
@@ -513,6 +515,12 @@ def _us(t: float) -> int:
 
 class Simulation:
     """One replay; :func:`simulate` is the usual entry point."""
+
+    # Run state, (re)initialised by run().
+    _target: int
+    _max_replicas: int
+    _max_nodes: int
+    _last_completion: float
 
     def __init__(self, trace: Sequence[TraceRequest], dep: SimDeployment, catalog: Catalog,
                  options: SimOptions, policy: PolicyName) -> None:
@@ -658,7 +666,8 @@ class Simulation:
         self._rejected = 0
         self._decisions: dict[str, int] = {}
         self._replica_seconds = 0.0
-        self._max_replicas = self._max_nodes = 0
+        self._max_replicas = 0
+        self._max_nodes = 0
         self._last_completion = 0.0
         trace, n = self.trace, len(self.trace)
         last_arrival = trace[-1].arrival_s if n else 0.0
