@@ -303,6 +303,8 @@ def control_api_env(state: Path, st: LaptopState, base: Mapping[str, str] | None
         "INVENTIV_SERVE_CONTROL_API_URL": st.api_url,
         "INVENTIV_SERVE_SERVICE_TOKEN_FILE": str(state / SERVICE_TOKEN_FILE),
         "INVENTIV_SERVE_SPOOL_DIR": str(state / SPOOL_DIR),
+        # Re-apply the stored deployments soon after a restart of the cluster (`down`, `up`).
+        "INVENTIV_SERVE_SYNC_SECONDS": "10",
     })
     return env
 
