@@ -610,7 +610,8 @@ class InventivIngress(OpenAiIngress):
             return self._overloaded(meter, dep, org)
         except protocol.OpenAIError as err:
             # Cold start: the wait exceeded its limit (503) or too many were held (429).
-            # Nothing was generated: 0 tokens, "rejected" like any request refused unserved.
+            # No engine saw it: 0 tokens, "rejected" like any request refused unserved.
+            meter.prompt_tokens = 0
             meter.finish("rejected")
             if err.status == 429:
                 self.metrics.limited(dep.model.name, org, err.code or "overloaded")
@@ -627,7 +628,9 @@ class InventivIngress(OpenAiIngress):
         return self._metered(response, meter, checked, dep, org)
 
     def _overloaded(self, meter: Meter, dep: DeploymentSpec, org: str) -> Response:
-        """The deployment's queue is full: 429 with Retry-After, never a hang."""
+        """The deployment's queue is full: 429 with Retry-After, never a hang. No engine saw
+        the request: 0 tokens (finops bills the tokens of every usage record)."""
+        meter.prompt_tokens = 0
         meter.finish("rejected")
         self.metrics.limited(dep.model.name, org, "overloaded")
         self.metrics.error(dep.model.name, org, 429)

@@ -14,7 +14,6 @@ the ingress, in which case the engine's own check (also a 400) applies.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -266,19 +265,23 @@ class ColdStartHold:
                     break
                 done, _ = await asyncio.wait({task}, timeout=min(self.poll_s, remaining))
                 if done:
-                    outcome = "served"
+                    failed = task.cancelled() or task.exception() is not None
+                    outcome = "failed" if failed else "served"
                     break
                 if await self._running(key):
                     outcome = "served"  # a replica runs: the rest is generation
                     break
-            if outcome != "served":
+            if outcome == "aborted":
                 outcome = "timeout"
         finally:
             self._end(key, started, outcome)
-            if outcome != "served":
+            if outcome in ("aborted", "timeout"):
                 task.cancel()
         if outcome == "timeout":
-            with contextlib.suppress(BaseException):
-                await task  # let the cancellation reach Serve's router before answering
+            # Let the cancellation reach Serve's router before answering (asyncio.wait does
+            # not raise the task's CancelledError, so ours, if the client goes, still does).
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: an error racing the deadline is not logged
             raise protocol.cold_start_timeout(key, timeout_s, retry_after_s)
         return await task

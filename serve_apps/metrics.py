@@ -7,7 +7,8 @@ Names are prefixed ``ray_`` by Ray's exporter: ``ray_inventiv_requests_total`` e
 
 Scale from zero: ``inventiv_cold_start_held`` (requests held for a deployment at zero replicas,
 per ingress replica, by ``model``) and ``inventiv_cold_start_wait_s`` (how long each held
-request waited, by ``model`` and ``outcome``: served, timeout, aborted).
+request waited, by ``model`` and ``outcome``: served, failed (the upstream call raised),
+timeout, aborted).
 """
 
 from __future__ import annotations

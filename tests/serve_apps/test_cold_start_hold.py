@@ -195,7 +195,7 @@ def test_upstream_errors_pass_through_and_release_the_hold() -> None:
 
         with pytest.raises(RuntimeError, match="engine failed"):
             await call(h, failing)
-        assert h.held == {"m": 0} and rec.waited == [("m", "served")]
+        assert h.held == {"m": 0} and rec.waited == [("m", "failed")]
 
     run(main())
 
