@@ -170,8 +170,22 @@ def _wait_running(name: str, errors: list[BaseException], timeout_s: float) -> N
         time.sleep(0.5)
 
 
-def run_app(app: Any, name: str, route_prefix: str, timeout_s: float) -> None:
-    """``serve.run`` in a thread, polled, so a failed deployment raises instead of hanging."""
+def _wait_deployed(name: str, errors: list[BaseException], timeout_s: float) -> None:
+    """Until the controller knows app ``name`` (a second ``serve.run`` may then follow)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while serve.status().applications.get(name) is None:
+        if errors:
+            raise RuntimeError(f"serve.run({name}) failed: {errors[0]!r}") from errors[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve app {name} not submitted after {timeout_s} s")
+        time.sleep(0.2)
+
+
+def submit_app(app: Any, name: str, route_prefix: str) -> list[BaseException]:
+    """``serve.run`` in a thread (its errors land in the returned list); poll with
+    :func:`_wait_running` so a failed deployment raises instead of hanging."""
     from ray import serve
 
     errors: list[BaseException] = []
@@ -183,7 +197,7 @@ def run_app(app: Any, name: str, route_prefix: str, timeout_s: float) -> None:
             errors.append(exc)
 
     threading.Thread(target=target, name=f"serve-run-{name}", daemon=True).start()
-    _wait_running(name, errors, timeout_s)
+    return errors
 
 
 def baseline_app(spec: Any, options: Any) -> Any:
@@ -196,13 +210,117 @@ def baseline_app(spec: Any, options: Any) -> Any:
     from serve_apps.builder import build_llm_configs
 
     (config,) = build_llm_configs(spec, resolve=lambda s: s)
-    handle = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=APP_OURS)
+    # Not checked: the other app is being deployed at the same time (its start overlaps
+    # this one's); the handle resolves once the deployment exists.
+    handle = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=APP_OURS,
+                                         _check_exists=False)
     return serve.deployment(
         make_fastapi_ingress(OpenAiIngress), name="baseline-ingress", num_replicas=1,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.ingress_cpus},
     ).bind(llm_deployments={MODEL: handle},
            model_cards={MODEL: to_model_metadata(MODEL, config)}, lora_paths={})
+
+
+def ingress_processes() -> dict[str, Any]:
+    """The two ingress replica processes (Ray titles them ``ray::ServeReplica:<app>:<dep>``)
+    and the Serve HTTP proxy, for CPU accounting."""
+    import psutil
+
+    wanted = {"ours": f"ServeReplica:{APP_OURS}:ingress",
+              "baseline": f"ServeReplica:{APP_BASE}:baseline-ingress",
+              "proxy": "ProxyActor"}
+    found: dict[str, Any] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info.get("cmdline") or ())
+        for name, marker in wanted.items():
+            if marker in line and name not in found:
+                found[name] = proc
+    return found
+
+
+def cpu_seconds(proc: Any) -> float:
+    try:
+        t = proc.cpu_times()
+        return float(t.user + t.system)
+    except Exception:  # noqa: BLE001 - a vanished process counts as no CPU
+        return 0.0
+
+
+class _ProfilerMiddleware:
+    """Outermost ASGI middleware of the profiled ingress: cProfile on the replica's request
+    thread (enabled at the first request: cProfile sees only the thread that enables it);
+    ``GET /__profile`` writes the stats to ``path`` and starts a fresh profile."""
+
+    def __init__(self, app: Any, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.prof: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import cProfile
+
+        if scope["type"] == "http" and scope["path"] == "/__profile":
+            if self.prof is not None:
+                self.prof.disable()
+                self.prof.dump_stats(self.path)
+            self.prof = None
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        if scope["type"] == "http" and self.prof is None:
+            self.prof = cProfile.Profile()
+            self.prof.enable()
+        await self.app(scope, receive, send)
+
+
+def profiled_ingress_cls(path: str) -> type:
+    """``InventivIngress`` with :class:`_ProfilerMiddleware` outside its gate (a subclass
+    defined here, pickled by value to the replica; serve_apps/ingress.py is untouched)."""
+    from serve_apps.ingress import InventivIngress
+
+    class ProfiledIngress(InventivIngress):
+        profile_path = path
+
+        def __serve_build_asgi_app__(self) -> Any:
+            app = super().__serve_build_asgi_app__()
+            app.add_middleware(_ProfilerMiddleware, path=self.profile_path)
+            return app
+
+    return ProfiledIngress
+
+
+def build_ours(spec: Any, options: Any, profile_path: str | None) -> Any:
+    """``serve_apps.builder.build_app`` (with the profiled subclass when asked)."""
+    from unittest import mock
+
+    from serve_apps.builder import build_app
+
+    if profile_path is None:
+        return build_app(spec, options)
+    # build_app imports the class at call time: swap it for this build only.
+    with mock.patch("serve_apps.ingress.InventivIngress", profiled_ingress_cls(profile_path)):
+        return build_app(spec, options)
+
+
+def profile_report(path: str, top: int = 25) -> dict[str, Any]:
+    """Top functions of the profile by own time and by cumulative time."""
+    import pstats
+
+    stats = pstats.Stats(path)
+    total = stats.total_tt  # type: ignore[attr-defined]
+
+    def rows(key: str) -> list[dict[str, Any]]:
+        stats.sort_stats(key)
+        out = []
+        for func in stats.fcn_list[:top]:  # type: ignore[attr-defined]
+            cc, nc, tt, ct, _callers = stats.stats[func]  # type: ignore[attr-defined]
+            out.append({"function": f"{Path(func[0]).name}:{func[1]}:{func[2]}", "calls": nc,
+                        "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4)})
+        return out
+
+    return {"total_s": round(total, 3), "by_tottime": rows("tottime"),
+            "by_cumtime": rows("cumulative")}
 
 
 # ------------------------------------------------------------------ load generator
@@ -294,8 +412,24 @@ def summarize(stats: ArmStats) -> dict[str, Any]:
     }
 
 
+async def capture(session: Any, url: str, out: Path) -> None:
+    """Save the raw answers of the stock ingress (the engine's wire format, untouched by our
+    ingress) to ``out``: a stream with usage and continuous usage, and a non-streamed answer.
+    The null engine's tests compare their shape with these (recorded from real vLLM)."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 4, "ignore_eos": True}
+    stream = {**base, "stream": True,
+              "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    for name, body in (("chat_stream.txt", stream), ("chat.json", base)):
+        async with session.post(url, json=body) as resp:
+            (out / name).write_bytes(await resp.read())
+
+
 async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int,
-                  per_stream_for: Any, max_tokens: int, warmup: int) -> list[dict[str, Any]]:
+                  per_stream_for: Any, max_tokens: int, warmup: int,
+                  procs: dict[str, Any], capture_dir: Path | None = None
+                  ) -> list[dict[str, Any]]:
     import aiohttp
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
@@ -312,9 +446,13 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
         for url, headers in arms.values():  # warm-up: connections, caches, key cache
             await run_round(session, url, headers, body, min(4, max(concurrencies)),
                             warmup, ArmStats())
+        if capture_dir is not None:
+            await capture(session, arms["baseline"][0], capture_dir)
         for c in concurrencies:
             per_stream = per_stream_for(c)
             stats = {name: ArmStats() for name in arms}
+            # CPU seconds of each ingress process and of the shared proxy while each arm ran.
+            cpu = {name: {"ingress": 0.0, "proxy": 0.0} for name in arms}
             ratios = []
             for r in range(rounds):
                 order = ["baseline", "ours"] if r % 2 == 0 else ["ours", "baseline"]
@@ -322,12 +460,24 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
                 for name in order:
                     url, headers = arms[name]
                     before_tokens, before_wall = stats[name].tokens, stats[name].wall_s
+                    ing0 = cpu_seconds(procs[name]) if name in procs else 0.0
+                    px0 = cpu_seconds(procs["proxy"]) if "proxy" in procs else 0.0
                     await run_round(session, url, headers, body, c, per_stream, stats[name])
+                    if name in procs:
+                        cpu[name]["ingress"] += cpu_seconds(procs[name]) - ing0
+                    if "proxy" in procs:
+                        cpu[name]["proxy"] += cpu_seconds(procs["proxy"]) - px0
                     walls[name] = ((stats[name].tokens - before_tokens)
                                    / max(1e-9, stats[name].wall_s - before_wall))
                 if walls["baseline"]:
                     ratios.append(walls["ours"] / walls["baseline"])
             base, ours = summarize(stats["baseline"]), summarize(stats["ours"])
+            for name, summary in (("baseline", base), ("ours", ours)):
+                n = max(1, summary["requests"])
+                summary["ingress_cpu_ms_per_request"] = round(
+                    cpu[name]["ingress"] * 1000 / n, 3) if name in procs else None
+                summary["proxy_cpu_ms_per_request"] = round(
+                    cpu[name]["proxy"] * 1000 / n, 3) if "proxy" in procs else None
             overhead = {
                 "added_ttft_p50_ms": round(ours["ttft_p50_ms"] - base["ttft_p50_ms"], 3),
                 "added_ttft_p99_ms": round(ours["ttft_p99_ms"] - base["ttft_p99_ms"], 3),
@@ -337,6 +487,10 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
                 "tokens_per_s_ratio_per_round": [round(x, 4) for x in ratios],
                 "tokens_per_s_ratio_median_round": round(statistics.median(ratios), 4)
                 if ratios else math.nan,
+                "added_ingress_cpu_ms_per_request": None if None in (
+                    ours["ingress_cpu_ms_per_request"], base["ingress_cpu_ms_per_request"])
+                else round(ours["ingress_cpu_ms_per_request"]
+                           - base["ingress_cpu_ms_per_request"], 3),
             }
             log(f"c={c}: baseline ttft p50 {base['ttft_p50_ms']} p99 {base['ttft_p99_ms']} "
                 f"{base['tokens_per_s']} tok/s | ours ttft p50 {ours['ttft_p50_ms']} p99 "
@@ -362,7 +516,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ray import serve
 
     from control_api.client.api import ControlApiClient
-    from serve_apps.builder import IngressOptions, build_app
+    from serve_apps.builder import IngressOptions
     from serve_apps.tiny_model import cached_tiny_model
     from tests.conftest import migrated_postgres_database
 
@@ -398,15 +552,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         stack.callback(serve.shutdown)
         t0 = time.monotonic()
-        run_app(build_app(spec, options), APP_OURS, "/", args.ready_timeout)
-        run_app(baseline_app(spec, options), APP_BASE, BASE_PREFIX, args.ready_timeout)
+        profile_path = str(Path(temp) / "ingress.prof") if args.profile else None
+        errors_ours = submit_app(build_ours(spec, options, profile_path), APP_OURS, "/")
+        _wait_deployed(APP_OURS, errors_ours, args.ready_timeout)
+        errors_base = submit_app(baseline_app(spec, options), APP_BASE, BASE_PREFIX)
+        _wait_running(APP_OURS, errors_ours, args.ready_timeout)
+        _wait_running(APP_BASE, errors_base, args.ready_timeout)
         startup_s = time.monotonic() - t0
         log(f"apps RUNNING after {startup_s:.1f} s; measuring")
         base_url = f"http://127.0.0.1:{http_port}"
         per_stream = (lambda c: args.requests_per_stream) if args.requests_per_stream else (
             lambda c: max(args.min_per_stream, math.ceil(args.requests_per_round / c)))
+        procs = ingress_processes()
+        log(f"processes for CPU accounting: {sorted(procs)}")
         results = asyncio.run(measure(base_url, key.key, concurrencies, args.rounds,
-                                      per_stream, args.max_tokens, args.warmup))
+                                      per_stream, args.max_tokens, args.warmup, procs,
+                                      args.capture_dir))
+        profile = None
+        if profile_path is not None:
+            import urllib.request
+
+            urllib.request.urlopen(f"{base_url}/__profile", timeout=30).read()  # noqa: S310
+            profile = profile_report(profile_path)
         # Metering check: every request through our ingress must become one usage record.
         ours_requests = sum(r["ours"]["requests"] + r["ours"]["errors"] for r in results)
         ours_requests += args.warmup * min(4, max(concurrencies))
@@ -423,6 +590,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "usage_records": {"expected": ours_requests, "recorded": usage_records},
         "targets": TARGETS if args.engine == "null" else None,
         "results": results,
+        **({"profile_ours_ingress": profile} if profile is not None else {}),
     }
 
 
@@ -467,6 +635,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="warm-up requests per stream per arm")
     p.add_argument("--ready-timeout", type=float,
                    default=float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "900")))
+    p.add_argument("--profile", action="store_true",
+                   help="cProfile our ingress replica during the run; report its hot spots")
+    p.add_argument("--capture-dir", type=Path, default=None,
+                   help="save the engine's raw chat answers (via the stock ingress) here")
     p.add_argument("--quick", action="store_true", help="smoke sizes (tests)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     args = p.parse_args(argv)
@@ -484,7 +656,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
+    # Ray (driver, raylet messages at shutdown) writes to file descriptor 1: send all of it
+    # to stderr while running, so stdout carries the JSON result only.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        result = run(args)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
     if args.json:
         print(json.dumps(result))  # noqa: T201
     else:

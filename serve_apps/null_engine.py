@@ -203,7 +203,10 @@ class NullEngine(LLMEngine):
         """A chat completion: SSE strings when streaming, else one response object."""
         self.requests_served += 1
         prompt_tokens = self.count_chat_prompt(list(request.messages))
-        requested = getattr(request, "max_completion_tokens", None) or request.max_tokens
+        # As vLLM's build_tok_params: max_completion_tokens first, the deprecated max_tokens else.
+        requested = request.max_completion_tokens
+        if requested is None:
+            requested = request.max_tokens
         budget = self._budget(requested, prompt_tokens)
         if isinstance(budget, ErrorResponse):
             yield budget
