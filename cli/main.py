@@ -19,6 +19,7 @@ from cli import (
     models,
     orgs,
     reconcile,
+    simulate,
     up,
     users,
 )
@@ -50,6 +51,7 @@ app.add_typer(deploy.app, name="deployments")
 app.command("up")(up.up)
 app.command("down")(up.down)
 app.command("status")(up.status)
+app.command("simulate")(simulate.simulate)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
