@@ -24,8 +24,6 @@ from autoscaler.serve_policy import (
 from serve_apps.spec import AutoscalingSpec
 from tests.client.conftest import free_port
 
-ray_serve = pytest.importorskip("ray.serve")
-
 
 def _ctx(config: Any, *, target: int, running: int, total: float | Any,
          state: dict[str, Any] | None = None, now: float = 1000.0,
@@ -217,8 +215,9 @@ AUTO = AutoscalingSpec(min_replicas=1, max_replicas=3, target_ongoing_requests=1
 def test_serve_scales_up_on_a_burst_and_back_down_after_it(serve_instance: str) -> None:
     handle = _deploy("burst", AUTO, replica_start_s=2)
     assert _replicas("burst") == 1
-    sender = _burst(handle, 6, 4.0)
-    up_s, _ = _watch("burst", lambda n: n == 3, timeout=25)
+    # 6 requests of 5 s, 2 at a time on one replica: ~15 s of queued load unless Serve scales.
+    sender = _burst(handle, 6, 5.0)
+    up_s, _ = _watch("burst", lambda n: n == 3, timeout=40)
     sender.join(60)
     down_s, _ = _watch("burst", lambda n: n == 1, timeout=30)
     log = _controller_log(serve_instance)
