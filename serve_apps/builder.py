@@ -210,16 +210,18 @@ def build_app(spec: DeploymentFile, options: IngressOptions,
               autoscaling: Mapping[str, AutoscalingOverrides] | None = None,
               offers: Sequence[Offer] | None = None) -> Any:
     """The Serve application: every deployment behind our ingress (``serve.run`` it)."""
+    resolved = spec.model_copy(deep=True)
+    for dep in resolved.deployments:
+        dep.model.source = resolve(dep.model.source)
+    # First: a PlacementError (no GPU type fits) surfaces before the heavy ingress import.
+    llm_configs = build_llm_configs(resolved, resolve=lambda s: s, autoscaling=autoscaling,
+                                    offers=offers)
     from ray.serve.llm import build_openai_app
 
     from serve_apps.ingress import InventivIngress
 
-    resolved = spec.model_copy(deep=True)
-    for dep in resolved.deployments:
-        dep.model.source = resolve(dep.model.source)
     return build_openai_app({
-        "llm_configs": build_llm_configs(resolved, resolve=lambda s: s,
-                                         autoscaling=autoscaling, offers=offers),
+        "llm_configs": llm_configs,
         "ingress_cls_config": {
             "ingress_cls": InventivIngress,
             "ingress_extra_kwargs": {

@@ -228,7 +228,13 @@ def test_gpu_candidates_pick_the_cheapest_available_type_that_fits() -> None:
     from dataclasses import replace
 
     from autoscaler.nodetypes import offer_to_dict, seed_offers
-    from serve_apps.builder import PlacementError, app_builder, choose_accelerator, placement
+    from serve_apps.builder import (
+        PlacementError,
+        app_builder,
+        build_llm_configs,
+        choose_accelerator,
+        placement,
+    )
 
     spec = _dep("    placement: {accelerator_type: H100, accelerator_candidates: [L40S, L4],\n"
                 "                model_memory_gb: 30}\n")
@@ -250,13 +256,12 @@ def test_gpu_candidates_pick_the_cheapest_available_type_that_fits() -> None:
     # Without candidates, accelerator_type is used as written (no catalog lookup).
     plain = _dep("    placement: {accelerator_type: B200}\n").deployments[0]
     assert choose_accelerator(plain, []) == "B200"
-    # The control API passes the live catalog through the Serve app args.
+    # The control API can pass the live catalog through the Serve app args.
     pytest.importorskip("ray.serve.llm")
-    app_builder({"spec": spec.model_dump(mode="json"), "options": {
-        "control_api_url": "http://127.0.0.1:1", "service_token_file": "/dev/null",
-        "spool_dir": "/tmp/x"}, "offers": [offer_to_dict(o) for o in offers],
-        "autoscaling": {"chat": {"scale_up_cap": 1}}})
-    with pytest.raises(PlacementError):
+    [config] = build_llm_configs(spec, resolve=lambda s: s, offers=offers)
+    assert config.accelerator_type == "H100"
+    with pytest.raises(PlacementError, match="deployment 'chat'"):
         app_builder({"spec": spec.model_dump(mode="json"), "options": {
             "control_api_url": "http://127.0.0.1:1", "service_token_file": "/dev/null",
-            "spool_dir": "/tmp/x"}, "offers": [offer_to_dict(o) for o in gone]})
+            "spool_dir": "/tmp/x"}, "offers": [offer_to_dict(o) for o in gone],
+            "autoscaling": {"chat": {"scale_up_cap": 1, "replica_start_s": 90}}})
