@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -214,7 +215,7 @@ def baseline_app(spec: Any, options: Any) -> Any:
     # this one's); the handle resolves once the deployment exists.
     handle = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=APP_OURS,
                                          _check_exists=False)
-    return serve.deployment(
+    return serve.deployment(  # type: ignore[attr-defined]  # (serve.deployment's overloads)
         make_fastapi_ingress(OpenAiIngress), name="baseline-ingress", num_replicas=1,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.ingress_cpus},
@@ -224,15 +225,19 @@ def baseline_app(spec: Any, options: Any) -> Any:
 
 def ingress_processes() -> dict[str, Any]:
     """The two ingress replica processes (Ray titles them ``ray::ServeReplica:<app>:<dep>``)
-    and the Serve HTTP proxy, for CPU accounting."""
+    and the Serve HTTP proxy, for CPU accounting. Only descendants of this driver (the Ray
+    processes ``ray.init`` started): other Ray clusters on the machine have proxies too."""
     import psutil
 
     wanted = {"ours": f"ServeReplica:{APP_OURS}:ingress",
               "baseline": f"ServeReplica:{APP_BASE}:baseline-ingress",
               "proxy": "ProxyActor"}
     found: dict[str, Any] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info.get("cmdline") or ())
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            line = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
         for name, marker in wanted.items():
             if marker in line and name not in found:
                 found[name] = proc
@@ -412,7 +417,7 @@ def summarize(stats: ArmStats) -> dict[str, Any]:
     }
 
 
-async def capture(session: Any, url: str, out: Path) -> None:
+async def capture(session: Any, url: str, out: Path, engine: str) -> None:
     """Save the raw answers of the stock ingress (the engine's wire format, untouched by our
     ingress) to ``out``: a stream with usage and continuous usage, and a non-streamed answer.
     The null engine's tests compare their shape with these (recorded from real vLLM)."""
@@ -421,15 +426,15 @@ async def capture(session: Any, url: str, out: Path) -> None:
             "max_tokens": 4, "ignore_eos": True}
     stream = {**base, "stream": True,
               "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
-    for name, body in (("chat_stream.txt", stream), ("chat.json", base)):
+    for name, body in ((f"{engine}_chat_stream.txt", stream), (f"{engine}_chat.json", base)):
         async with session.post(url, json=body) as resp:
             (out / name).write_bytes(await resp.read())
 
 
 async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int,
                   per_stream_for: Any, max_tokens: int, warmup: int,
-                  procs: dict[str, Any], capture_dir: Path | None = None
-                  ) -> list[dict[str, Any]]:
+                  procs: dict[str, Any], capture_dir: Path | None = None,
+                  engine: str = "null") -> list[dict[str, Any]]:
     import aiohttp
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
@@ -447,7 +452,7 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
             await run_round(session, url, headers, body, min(4, max(concurrencies)),
                             warmup, ArmStats())
         if capture_dir is not None:
-            await capture(session, arms["baseline"][0], capture_dir)
+            await capture(session, arms["baseline"][0], capture_dir, engine)
         for c in concurrencies:
             per_stream = per_stream_for(c)
             stats = {name: ArmStats() for name in arms}
@@ -567,7 +572,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"processes for CPU accounting: {sorted(procs)}")
         results = asyncio.run(measure(base_url, key.key, concurrencies, args.rounds,
                                       per_stream, args.max_tokens, args.warmup, procs,
-                                      args.capture_dir))
+                                      args.capture_dir, args.engine))
         profile = None
         if profile_path is not None:
             import urllib.request
@@ -656,6 +661,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM (a killed job, a test timeout) unwinds like Ctrl-C: Serve, Ray, the control API
+    # child, the database and the temp dirs are cleaned up by run()'s exit stack.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     # Ray (driver, raylet messages at shutdown) writes to file descriptor 1: send all of it
     # to stderr while running, so stdout carries the JSON result only.
     sys.stdout.flush()

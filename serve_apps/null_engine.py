@@ -198,7 +198,7 @@ class NullEngine(LLMEngine):
 
     # ------------------------------------------------------------ chat
 
-    async def chat(self, request: Any, raw_request_info: Any = None
+    async def chat(self, request: Any, raw_request_info: Any = None  # type: ignore[override]
                    ) -> AsyncGenerator[Any, None]:
         """A chat completion: SSE strings when streaming, else one response object."""
         self.requests_served += 1
@@ -271,7 +271,7 @@ class NullEngine(LLMEngine):
 
     # ------------------------------------------------------------ completions
 
-    async def completions(self, request: Any, raw_request_info: Any = None
+    async def completions(self, request: Any, raw_request_info: Any = None  # type: ignore[override]
                           ) -> AsyncGenerator[Any, None]:
         """A text completion: SSE strings when streaming, else one response object."""
         self.requests_served += 1
@@ -330,12 +330,12 @@ class NullEngine(LLMEngine):
 
     # ------------------------------------------------------------ not implemented
 
-    async def embeddings(self, request: Any, raw_request_info: Any = None
+    async def embeddings(self, request: Any, raw_request_info: Any = None  # type: ignore[override]
                          ) -> AsyncGenerator[Any, None]:
         """Not implemented: an OpenAI-shaped 400, as vLLM answers a task it does not serve."""
         yield _error("The null engine does not serve embeddings.")
 
-    async def transcriptions(self, request: Any, raw_request_info: Any = None
+    async def transcriptions(self, request: Any, raw_request_info: Any = None  # type: ignore[override]
                              ) -> AsyncGenerator[Any, None]:
         """Not implemented: an OpenAI-shaped 400."""
         yield _error("The null engine does not serve transcriptions.")

@@ -71,7 +71,7 @@ def chat_request(max_tokens: int = 4, *, stream: bool = True, usage: bool | None
                             "max_tokens": max_tokens, "stream": stream, "n": n}
     if stream and usage is not None:
         body["stream_options"] = {"include_usage": usage, "continuous_usage_stats": continuous}
-    return ChatCompletionRequest(**body)
+    return ChatCompletionRequest.model_validate(body)
 
 
 def collect(agen: Any) -> list[Any]:
@@ -210,13 +210,14 @@ def test_n_choices_and_completions(engine: NullEngine) -> None:
         chat_request(2, n=2)))))[:-1]]
     assert {o["choices"][0]["index"] for o in objs if o["choices"]} == {0, 1}
     assert objs[-1]["usage"]["completion_tokens"] == 4
-    request = CompletionRequest(model="tiny", prompt="Once upon a time", max_tokens=3,
-                                stream=True, stream_options={"include_usage": True})
+    request = CompletionRequest.model_validate({
+        "model": "tiny", "prompt": "Once upon a time", "max_tokens": 3, "stream": True,
+        "stream_options": {"include_usage": True}})
     objs = [json.loads(p) for p in events("".join(collect(engine.completions(request))))[:-1]]
     assert [o["choices"][0]["finish_reason"] for o in objs[:-1]] == [None, None, "length"]
     assert objs[-1]["choices"] == [] and objs[-1]["usage"]["completion_tokens"] == 3
-    (answer,) = collect(engine.completions(CompletionRequest(
-        model="tiny", prompt="Once upon a time", max_tokens=3)))
+    (answer,) = collect(engine.completions(CompletionRequest.model_validate(
+        {"model": "tiny", "prompt": "Once upon a time", "max_tokens": 3})))
     assert answer.usage.completion_tokens == 3 and answer.choices[0].text
 
 
