@@ -8,7 +8,6 @@ import asyncio
 import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -162,14 +161,43 @@ def _deploy(name: str, auto: AutoscalingSpec, **kw: Any) -> Any:
 
     @serve.deployment(name=name, max_ongoing_requests=auto.max_ongoing_requests,
                       ray_actor_options={"num_cpus": 0}, autoscaling_config=config)
-    class Slow:
-        async def __call__(self, seconds: float) -> str:
-            await asyncio.sleep(seconds)
+    class Held:
+        async def __call__(self, gate: Any) -> str:
+            await gate.wait.remote()
             return "ok"
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return serve.run(Slow.bind(), name=name, route_prefix=f"/{name}")
+        return serve.run(Held.bind(), name=name, route_prefix=f"/{name}")
+
+
+class Load:
+    """``n`` requests held open until :meth:`release` (a Ray actor gate): the load lasts as
+    long as the test needs, however slowly replicas start on shared CPUs."""
+
+    def __init__(self, handle: Any, n: int) -> None:
+        import ray
+
+        @ray.remote(num_cpus=0)
+        class Gate:
+            def __init__(self) -> None:
+                self.event = asyncio.Event()
+
+            async def wait(self) -> None:
+                await self.event.wait()
+
+            async def open(self) -> None:
+                self.event.set()
+
+        self.gate = Gate.remote()  # type: ignore[attr-defined]
+        self.responses = [handle.remote(self.gate) for _ in range(n)]
+        self.n = n
+
+    def release(self) -> None:
+        import ray
+
+        ray.get(self.gate.open.remote(), timeout=60)
+        assert [r.result(timeout_s=120) for r in self.responses] == ["ok"] * self.n
 
 
 def _controller_log(temp_dir: str) -> str:
@@ -198,16 +226,7 @@ def _watch(name: str, until: Any, timeout: float) -> tuple[float, list[int]]:
     raise AssertionError(f"{name}: condition not met in {timeout} s, saw {seen[-20:]}")
 
 
-def _burst(handle: Any, n: int, seconds: float) -> threading.Thread:
-    def send() -> None:
-        responses = [handle.remote(seconds) for _ in range(n)]
-        assert [r.result(timeout_s=120) for r in responses] == ["ok"] * n
-
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    return thread
-
-
+# upscale_delay_s is 30 s: a scale-up well before that is the policy's burst path.
 AUTO = AutoscalingSpec(min_replicas=1, max_replicas=3, target_ongoing_requests=1,
                        max_ongoing_requests=2, upscale_delay_s=30, downscale_delay_s=1)
 
@@ -215,17 +234,18 @@ AUTO = AutoscalingSpec(min_replicas=1, max_replicas=3, target_ongoing_requests=1
 def test_serve_scales_up_on_a_burst_and_back_down_after_it(serve_instance: str) -> None:
     handle = _deploy("burst", AUTO, replica_start_s=2)
     assert _replicas("burst") == 1
-    # 6 requests of 5 s, 2 at a time on one replica: ~15 s of queued load unless Serve scales.
-    sender = _burst(handle, 6, 5.0)
-    up_s, _ = _watch("burst", lambda n: n == 3, timeout=40)
-    sender.join(60)
-    down_s, _ = _watch("burst", lambda n: n == 1, timeout=30)
+    load = Load(handle, 6)  # 6 requests, 2 at a time per replica: 3 replicas' worth
+    try:
+        up_s, _ = _watch("burst", lambda n: n == 3, timeout=120)
+    finally:
+        load.release()
+    down_s, _ = _watch("burst", lambda n: n == 1, timeout=60)
     log = _controller_log(serve_instance)
     # Our policy made both decisions (Serve's default would not log them, nor hold).
     assert "inventiv policy burst: 1 -> 3 replicas (burst" in log, log[-3000:]
     assert re.search(r"inventiv policy burst: [23] -> 1 replicas \(downscale", log), log[-3000:]
-    print(f"\n[autoscaler] burst: 3 replicas after {up_s:.1f} s; back to 1 {down_s:.1f} s "
-          "after the burst ended")  # noqa: T201
+    print(f"\n[autoscaler] burst: 3 replicas running {up_s:.1f} s after it started; back to 1 "
+          f"{down_s:.1f} s after it ended")  # noqa: T201
 
 
 def test_budget_cap_keeps_the_running_replicas_only(serve_instance: str) -> None:
@@ -233,13 +253,19 @@ def test_budget_cap_keeps_the_running_replicas_only(serve_instance: str) -> None
 
     handle = _deploy("capped", AUTO, replica_start_s=2, scale_up_cap=1)
     assert _replicas("capped") == 1
-    # Uncapped, this load gets 3 replicas within ~4 s (above); capped, none is added.
-    sender = _burst(handle, 6, 2.0)
-    deadline = time.monotonic() + 4.0
-    while time.monotonic() < deadline:
-        status = serve.status().applications["capped"].deployments["capped"]
-        assert _replicas("capped") == 1 and status.status.value != "UPSCALING"
-        time.sleep(0.2)
-    sender.join(60)
-    assert "inventiv policy capped: 1 -> 1 replicas (budget_cap" in \
-        _controller_log(serve_instance)
+    load = Load(handle, 6)
+    try:
+        # Wait until the policy has seen the load (it logs the cap), then watch: no replica
+        # is added while the load lasts.
+        deadline = time.monotonic() + 60
+        while "inventiv policy capped: 1 -> 1 replicas (budget_cap" not in \
+                _controller_log(serve_instance):
+            assert time.monotonic() < deadline, "the policy never saw the load"
+            time.sleep(0.2)
+        until = time.monotonic() + 4.0
+        while time.monotonic() < until:
+            status = serve.status().applications["capped"].deployments["capped"]
+            assert _replicas("capped") == 1 and status.status.value != "UPSCALING"
+            time.sleep(0.2)
+    finally:
+        load.release()
