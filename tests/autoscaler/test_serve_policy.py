@@ -57,7 +57,7 @@ def test_inventiv_config_moves_the_delays_into_policy_kwargs() -> None:
         "min_replicas": 0, "max_replicas": 4, "initial_replicas": 1,
         "target_ongoing_requests": 2,
         "upscale_delay_s": 0.0, "downscale_delay_s": 0.0, "downscale_to_zero_delay_s": 0.0,
-        "metrics_interval_s": 2.0, "look_back_period_s": 10.0, "aggregation_function": "max",
+        "metrics_interval_s": 2.0, "look_back_period_s": 10.0, "aggregation_function": "mean",
         "policy": {"policy_function": POLICY_IMPORT_PATH, "policy_kwargs": {
             "upscale_delay_s": 7, "downscale_delay_s": 60, "downscale_to_zero_delay_s": 30,
             "replica_start_s": 90,  # the YAML's value wins over the learned one
