@@ -16,7 +16,8 @@ on those routes. ``__serve_build_asgi_app__`` (called by Serve on the replica, a
 4. every response carries ``x-inventiv-request-id``, the id of its usage event;
 5. with ``options.cors_allow_origins``, ``OPTIONS`` preflights on the served ``/v1`` routes are
    answered (no key needed) and responses to allowed origins carry
-   ``Access-Control-Allow-Origin`` (:class:`Cors`).
+   ``Access-Control-Allow-Origin`` (:class:`Cors`); other origins get no CORS header at all
+   (also not the allow-everything ones of Ray Serve LLM's own CORS middleware).
 
 Deployments with ``min_replicas: 0`` may be at zero replicas: their requests are held
 (bounded per deployment, with ``autoscaling.cold_start_timeout_s``) while Serve starts one
@@ -118,15 +119,17 @@ class Gate:
             return
         method, path = scope["method"], scope["path"]
         cors = self.ingress.cors
-        origin = _header(scope, b"origin") if cors.enabled else None
+        origin = _header(scope, b"origin")
         if origin is not None:
-            if (method == "OPTIONS" and path in ALLOWED_ROUTES
+            if (cors.enabled and method == "OPTIONS" and path in ALLOWED_ROUTES
                     and _header(scope, b"access-control-request-method") is not None):
                 await cors.preflight(send, origin,
                                      _header(scope, b"access-control-request-headers"))
                 return  # a preflight carries no key: it is answered before auth
-            if cors.allowed(origin):
-                send = _adding_headers(send, cors.response_headers(origin))
+            # Ours only: Ray Serve LLM's app carries a CORSMiddleware that allows every
+            # origin (with credentials); its headers are replaced by what our list allows.
+            send = _cors_send(send, cors.response_headers(origin) if cors.allowed(origin)
+                              else [])
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             body = b'{"status":"ok"}'
             await send({"type": "http.response.start", "status": 200, "headers": [
@@ -221,14 +224,16 @@ class Gate:
                 ctx.meter.finish("rejected")
 
 
-def _adding_headers(send: Any, headers: list[tuple[bytes, bytes]]) -> Any:
-    """``send`` with ``headers`` added to the response start (every response, errors and
-    streams included)."""
+def _cors_send(send: Any, headers: list[tuple[bytes, bytes]]) -> Any:
+    """``send`` with the app's own ``Access-Control-*`` headers removed and ``headers`` added
+    to the response start (every response, errors and streams included)."""
 
     async def wrapped(message: Any) -> None:
         if message["type"] == "http.response.start":
             message = dict(message)
-            message["headers"] = [*message.get("headers", []), *headers]
+            message["headers"] = [
+                *((k, v) for k, v in message.get("headers", [])
+                  if not k.lower().startswith(b"access-control-")), *headers]
         await send(message)
 
     return wrapped

