@@ -96,7 +96,8 @@ def ray_head() -> Iterator[Head]:
                             start_new_session=True, cwd=REPO)
     url = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.monotonic() + 60
+        # Generous: on a loaded shared machine the head alone has taken 40 s to start.
+        deadline = time.monotonic() + 180
         token = token_file.read_text()
         while True:
             if proc.poll() is not None:
