@@ -67,6 +67,8 @@ ENGINE_CLS_PATH = "serve_apps.null_engine.NullEngine"
 WORDS = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", ".")
 DEFAULT_MAX_MODEL_LEN = 2048
 DONE = "data: [DONE]\n\n"
+# vLLM stamps a fingerprint of its config on non-streamed answers and on a stream's last chunk.
+SYSTEM_FINGERPRINT = "inventiv-null-engine"
 
 
 def _sse(payload: str) -> str:
@@ -225,6 +227,7 @@ class NullEngine(LLMEngine):
                     index=i, message=ChatMessage(role="assistant", content=text),
                     logprobs=None, finish_reason="length", stop_reason=None)
                     for i in range(n)],
+                system_fingerprint=SYSTEM_FINGERPRINT,
                 usage=UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=budget * n,
                                 total_tokens=prompt_tokens + budget * n))
             return
@@ -235,10 +238,10 @@ class NullEngine(LLMEngine):
                 choices=[ChatCompletionResponseStreamChoice(
                     index=i, delta=DeltaMessage(role="assistant", content=""), logprobs=None,
                     finish_reason=None)],
-                model=model)
+                model=model, prompt_token_ids=None, prompt_text=None)
             if continuous:
                 chunk.usage = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=0,
-                                        total_tokens=prompt_tokens)
+                                        total_tokens=prompt_tokens, completion_tokens_details=None)
             yield _sse(chunk.model_dump_json(exclude_unset=True))
         for t in range(budget):
             await self._tick()
@@ -256,16 +259,20 @@ class NullEngine(LLMEngine):
                 chunk = ChatCompletionStreamResponse(
                     id=request_id, object="chat.completion.chunk", created=created,
                     choices=[choice], model=model)
+                if last and not include_usage:
+                    chunk.system_fingerprint = SYSTEM_FINGERPRINT
                 if continuous:
                     chunk.usage = UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=t + 1,
-                                            total_tokens=prompt_tokens + t + 1)
+                                            total_tokens=prompt_tokens + t + 1,
+                                            completion_tokens_details=None)
                 yield _sse(chunk.model_dump_json(exclude_unset=True))
         if include_usage:
             final = ChatCompletionStreamResponse(
                 id=request_id, object="chat.completion.chunk", created=created, choices=[],
                 model=model, usage=UsageInfo(prompt_tokens=prompt_tokens,
                                              completion_tokens=budget * n,
-                                             total_tokens=prompt_tokens + budget * n))
+                                             total_tokens=prompt_tokens + budget * n),
+                system_fingerprint=SYSTEM_FINGERPRINT)
             yield _sse(final.model_dump_json(exclude_unset=True, exclude_none=True))
         yield DONE
 
@@ -299,6 +306,7 @@ class NullEngine(LLMEngine):
                             for i in range(n)]
             yield CompletionResponse(
                 id=request_id, created=created, model=model, choices=choices,
+                system_fingerprint=SYSTEM_FINGERPRINT,
                 usage=UsageInfo(prompt_tokens=prompt_total, completion_tokens=completion_total,
                                 total_tokens=prompt_total + completion_total))
             return
@@ -315,6 +323,8 @@ class NullEngine(LLMEngine):
                             index=p * n + i, text=WORDS[t % len(WORDS)], logprobs=None,
                             finish_reason="length" if t == budget - 1 else None,
                             stop_reason=None, prompt_token_ids=None, token_ids=None)])
+                    if t == budget - 1 and not include_usage:
+                        chunk.system_fingerprint = SYSTEM_FINGERPRINT
                     if continuous:
                         chunk.usage = UsageInfo(prompt_tokens=counts[p], completion_tokens=t + 1,
                                                 total_tokens=counts[p] + t + 1)
@@ -324,7 +334,8 @@ class NullEngine(LLMEngine):
                 id=request_id, object="text_completion", created=created, model=model,
                 choices=[], usage=UsageInfo(prompt_tokens=prompt_total,
                                             completion_tokens=completion_total,
-                                            total_tokens=prompt_total + completion_total))
+                                            total_tokens=prompt_total + completion_total),
+                system_fingerprint=SYSTEM_FINGERPRINT)
             yield _sse(final.model_dump_json(exclude_unset=True, exclude_none=True))
         yield DONE
 
