@@ -402,6 +402,22 @@ def autoscaling_override(spec: DeploymentSpec, *, replica_start_s: float | None,
     return cfg
 
 
+# `autoscaling` fields that reach Serve only through the per-deployment override (bounds and
+# target: a lightweight update). The app is built from the spec with them neutralised, so
+# `inventiv deploy` changing a model's replica bounds or target never changes `args`, which
+# would rebuild the app and restart every replica of every model. `min_replicas` keeps whether
+# it is 0 (the ingress holds requests for deployments that may sit at zero replicas).
+def build_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec the Serve app is built from (``args.spec``): replica bounds neutralised."""
+    deployments = []
+    for dep in spec["deployments"]:
+        auto = dict(dep.get("autoscaling") or {})
+        auto.update(min_replicas=0 if auto.get("min_replicas", 1) == 0 else 1, max_replicas=1,
+                    initial_replicas=None, target_ongoing_requests=1)
+        deployments.append({**dep, "autoscaling": auto})
+    return {**spec, "deployments": deployments}
+
+
 def desired_config(session: Session, target: ServeTarget,
                    details: dict[str, Any] | None = None,
                    caps: dict[uuid.UUID, ScaleCap] | None = None) -> dict[str, Any]:
@@ -422,7 +438,8 @@ def desired_config(session: Session, target: ServeTarget,
         # Round-trip through the model: a stored spec that no longer validates fails here,
         # not inside Serve.
         DeploymentFile.model_validate(spec)
-        args = {"spec": spec, "options": {**target.ingress_options, "app_name": target.app_name}}
+        args = {"spec": build_spec(spec),
+                "options": {**target.ingress_options, "app_name": target.app_name}}
         running = _serve_app(details, target.app_name)
         deployed = (running or {}).get("deployed_app_config") or {}
         same_build = (deployed.get("import_path"), deployed.get("args")) == (

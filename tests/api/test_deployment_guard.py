@@ -268,3 +268,31 @@ def test_replica_start_learned_from_lifecycle(api: TestClient,
         other = serve_details({}, args={**args, "options": {}}, deployments=deployed)
         assert overrides(svc.desired_config(s, target, other))["LLMServer:tiny"]["policy"][
             "policy_kwargs"]["replica_start_s"] == 95.0
+
+
+def test_replica_bounds_change_keeps_the_app_build(api: TestClient,
+                                                   admin_headers: dict[str, str]) -> None:
+    """Changing replica bounds or the target is a lightweight Serve update: ``args`` (which
+    would rebuild the app and restart every replica) stay identical, only the override moves;
+    whether a deployment may sit at zero replicas still reaches the ingress through ``args``."""
+    post(api, admin_headers, GUARDED)
+    target = ServeTarget(app_name=APP)
+    with session(api) as s:
+        before = svc.desired_config(s, target)
+    post(api, admin_headers, GUARDED.replace(
+        "autoscaling: {min_replicas: 1, max_replicas: 8}",
+        "autoscaling: {min_replicas: 2, max_replicas: 6, target_ongoing_requests: 3}"))
+    with session(api) as s:
+        after = svc.desired_config(s, target)
+    assert after["applications"][0]["args"] == before["applications"][0]["args"]
+    assert (overrides(after)["LLMServer:model-g"]["max_replicas"],
+            overrides(after)["LLMServer:model-g"]["min_replicas"],
+            overrides(after)["LLMServer:model-g"]["target_ongoing_requests"]) == (6, 2, 3)
+    post(api, admin_headers, GUARDED.replace(
+        "autoscaling: {min_replicas: 1, max_replicas: 8}",
+        "autoscaling: {min_replicas: 0, max_replicas: 8}"))
+    with session(api) as s:
+        zero = svc.desired_config(s, target)
+    built = {d["name"]: d for d in zero["applications"][0]["args"]["spec"]["deployments"]}
+    assert built["guarded"]["autoscaling"]["min_replicas"] == 0
+    assert zero["applications"][0]["args"] != before["applications"][0]["args"]
