@@ -48,8 +48,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# Ray reads it once per process, at import: set before anything imports ray.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray reads it once per process, at import: set before anything imports ray. This benchmark
+# starts its own local cluster (never RAY_ADDRESS's, which ray.init would join instead).
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.pop("RAY_ADDRESS", None)
 
 APP_OURS = "inventiv-bench"
 APP_BASE = "baseline"
@@ -545,7 +547,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         token_file.chmod(0o600)
         options = IngressOptions(control_api_url=api_url, service_token_file=str(token_file),
                                  spool_dir=str(Path(temp) / "spool"), app_name=APP_OURS,
-                                 num_replicas=1, rate_limits=True)
+                                 num_replicas=1, rate_limits=not args.no_rate_limits)
         spec = bench_spec(args.engine, model_dir, args.token_delay_ms / 1000,
                           args.max_num_seqs)
         ray_temp = tempfile.mkdtemp(prefix="ia-sb-ray-", dir="/tmp")
@@ -591,7 +593,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens, "rounds": args.rounds, "num_cpus": args.num_cpus,
         "cpu_count": os.cpu_count(), "startup_s": round(startup_s, 1),
         "total_s": round(time.monotonic() - started, 1),
-        "control_api_db": "postgres",
+        "control_api_db": "postgres", "rate_limits": not args.no_rate_limits,
         "usage_records": {"expected": ours_requests, "recorded": usage_records},
         "targets": TARGETS if args.engine == "null" else None,
         "results": results,
@@ -640,6 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="warm-up requests per stream per arm")
     p.add_argument("--ready-timeout", type=float,
                    default=float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "900")))
+    p.add_argument("--no-rate-limits", action="store_true",
+                   help="ablation: our ingress without the limiter round trips")
     p.add_argument("--profile", action="store_true",
                    help="cProfile our ingress replica during the run; report its hot spots")
     p.add_argument("--capture-dir", type=Path, default=None,
