@@ -233,9 +233,24 @@ def build_app(spec: DeploymentFile, options: IngressOptions,
             "name": "ingress",
             "num_replicas": options.num_replicas,
             "max_ongoing_requests": options.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": options.ingress_cpus},
+            "ray_actor_options": {"num_cpus": options.ingress_cpus, "runtime_env": {
+                "env_vars": {ROUTER_TIMEOUT_ENV: str(router_timeout_s(resolved))}}},
         },
     })
+
+
+# Ray Serve LLM's ingress gives up on a model call after this many seconds (read once when its
+# module loads, 600 s by default); it also covers the wait for a replica scaled from zero.
+ROUTER_TIMEOUT_ENV = "RAY_SERVE_LLM_ROUTER_HTTP_TIMEOUT"
+
+
+def router_timeout_s(spec: DeploymentFile) -> int:
+    """Ray's router timeout for our ingress: never shorter than our own deadlines (a cold
+    start's wait plus the request's own limit), so ours are the ones a client sees."""
+    longest = max(dep.autoscaling.cold_start_timeout_s + dep.limits.request_timeout_s
+                  if dep.autoscaling.min_replicas == 0 else dep.limits.request_timeout_s
+                  for dep in spec.deployments)
+    return int(max(600, longest + 30))
 
 
 def token_file_ok(path: str) -> bool:

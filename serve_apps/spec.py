@@ -169,8 +169,9 @@ class LimitsSpec(_Spec):
     max_prompt_tokens: Annotated[int, Field(ge=1, le=1_048_576)] | None = None
     max_top_logprobs: Annotated[int, Field(ge=0, le=20)] = 0
     max_embedding_inputs: Annotated[int, Field(ge=1, le=4096)] = 64
-    # A stream running longer is ended with an error event (non-streamed requests are bounded
-    # by Ray Serve LLM's router timeout, RAY_SERVE_LLM_ROUTER_HTTP_TIMEOUT, 600 s by default).
+    # A stream running longer is ended with an error event. Non-streamed requests are bounded
+    # by Ray Serve LLM's router timeout, which the builder sets above every deployment's
+    # request_timeout_s (+ cold_start_timeout_s for min_replicas 0), and at least 600 s.
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600
 
 

@@ -265,3 +265,15 @@ def test_gpu_candidates_pick_the_cheapest_available_type_that_fits() -> None:
             "control_api_url": "http://127.0.0.1:1", "service_token_file": "/dev/null",
             "spool_dir": "/tmp/x"}, "offers": [offer_to_dict(o) for o in gone],
             "autoscaling": {"chat": {"scale_up_cap": 1, "replica_start_s": 90}}})
+
+
+def test_router_timeout_never_cuts_our_own_deadlines() -> None:
+    from serve_apps.builder import router_timeout_s
+
+    assert router_timeout_s(parse_spec(MINIMAL)) == 630  # 600 s request limit + margin
+    cold = parse_spec(MINIMAL.replace("max_tokens: 128", "max_tokens: 128\n    autoscaling:\n"
+                                      "      min_replicas: 0\n      cold_start_timeout_s: 900"))
+    assert router_timeout_s(cold) == 900 + 600 + 30
+    short = parse_spec(MINIMAL.replace("max_tokens: 128",
+                                       "max_tokens: 128\n      request_timeout_s: 20"))
+    assert router_timeout_s(short) == 600  # never below Ray's own default
