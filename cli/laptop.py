@@ -209,6 +209,9 @@ def ensure_secret_file(path: Path) -> str:
 def port_in_use(host: str, port: int) -> bool:
     """Whether ``host:port`` cannot be bound now (someone listens, or it is reserved)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As uvicorn and Ray bind: connections of a server just stopped (TIME_WAIT) do not
+        # count, a listener does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

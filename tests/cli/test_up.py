@@ -50,6 +50,20 @@ def test_check_ports_names_the_taken_port_and_its_option(listening: int) -> None
     assert "api port" not in err.value.message
 
 
+def test_a_port_whose_server_just_stopped_is_free() -> None:
+    """`down` then `up`: the old server's connections in TIME_WAIT must not block the port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server side closes first: its end of the connection goes TIME_WAIT
+    server.close()
+    client.close()
+    assert not lp.port_in_use("127.0.0.1", port)
+
+
 def test_up_refuses_a_taken_port_in_one_line(listening: int, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli_app, [
         "up", "--state-dir", str(tmp_path / "state"), "--api-port", str(listening),
