@@ -53,6 +53,7 @@ def test_check_ports_names_the_taken_port_and_its_option(listening: int) -> None
 def test_a_port_whose_server_just_stopped_is_free() -> None:
     """`down` then `up`: the old server's connections in TIME_WAIT must not block the port."""
     server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Ray do
     server.bind(("127.0.0.1", 0))
     server.listen()
     port = server.getsockname()[1]
