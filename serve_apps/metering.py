@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -52,6 +53,8 @@ class SseSplitter:
 
 def event_data(event: str) -> str | None:
     """The ``data:`` payload of one event (multi-line data joined), or None."""
+    if "\n" not in event:  # the usual one-line event: no split
+        return event[5:].lstrip(" ") if event.startswith("data:") else None
     lines = [line[5:].lstrip(" ") for line in event.split("\n") if line.startswith("data:")]
     return "\n".join(lines) if lines else None
 
@@ -77,6 +80,8 @@ class Meter:
     error_seen: bool = False
     finished: bool = False
     status: str = ""
+    # The stream's chunk head proved by the fast path (see ``_rewrite_fast``).
+    fast_head: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.started:
@@ -126,10 +131,23 @@ def _has_content(obj: dict[str, Any]) -> bool:
 
 def rewrite_event(data: str, meter: Meter, *, keep_usage: bool, keep_continuous: bool
                   ) -> str | None:
-    """Meter one ``data:`` payload; return the payload to send on (None: drop the event)."""
+    """Meter one ``data:`` payload; return the payload to send on (None: drop the event).
+
+    Most events take :func:`_rewrite_fast` (no full parse); whatever it cannot prove it handles
+    exactly like :func:`_rewrite_exact` is handed to the latter."""
     if data == DONE:
         meter.done_seen = True
         return data
+    if meter.first_token_at is not None:
+        out = _rewrite_fast(data, meter, keep_usage, keep_continuous)
+        if out is not _NOT_FAST:
+            return out  # type: ignore[return-value]
+    return _rewrite_exact(data, meter, keep_usage=keep_usage, keep_continuous=keep_continuous)
+
+
+def _rewrite_exact(data: str, meter: Meter, *, keep_usage: bool, keep_continuous: bool
+                   ) -> str | None:
+    """The reference path: parse the whole payload, re-serialise it without ``usage``."""
     try:
         obj = json.loads(data)
     except ValueError:
@@ -152,6 +170,57 @@ def rewrite_event(data: str, meter: Meter, *, keep_usage: bool, keep_continuous:
         return data
     del obj["usage"]
     return json.dumps(obj, separators=(",", ":"))
+
+
+# The fast path, for the events of a stream after its first token (the first ones take the
+# exact path, which also decides the TTFT). It relies on how vLLM serialises a chunk
+# (pydantic, compact): ``{"id":…,"object":…,"created":…,"model":…,"choices":[…],
+# "usage":{…}}``, with at most scalar members after ``usage`` (``system_fingerprint``). Why
+# cutting the member out is then exact, for valid JSON: inside a JSON string every ``"`` is
+# escaped (preceded by ``\``), so a ``"`` preceded by ``,`` opens a key; ``,"usage":{`` is
+# thus a key ``usage`` with an object value, parsed on its own (``raw_decode``); when only
+# scalar members and the final ``}`` follow it (``_TAIL``), it belongs to the top-level
+# object. ``_HEAD`` proves ``choices`` is a top-level key (only scalar members before it),
+# and each key occurring once rules out duplicates (where ``json.loads`` keeps the last).
+# The output is the upstream bytes without the ``,"usage":{…}`` member: the same JSON value
+# as the exact path's (which re-serialises, escaping non-ASCII), i.e. what vLLM itself sends
+# without continuous usage. Anything else takes the exact path.
+_NOT_FAST = object()
+_USAGE_MEMBER = ',"usage":{'
+_STRING = r'"[^"\\]*(?:\\.[^"\\]*)*"'
+_SCALAR = rf'(?:{_STRING}|-?[0-9][0-9.eE+-]*|null|true|false)'
+_HEAD = re.compile(rf'\{{(?:{_STRING}:{_SCALAR},)*"choices":\[')
+_TAIL = re.compile(rf'(?:,{_STRING}:{_SCALAR})*\}}')
+_decode_at = json.JSONDecoder().raw_decode
+
+
+def _rewrite_fast(data: str, meter: Meter, keep_usage: bool, keep_continuous: bool
+                  ) -> str | None | object:
+    """``_rewrite_exact``'s answer without parsing the whole payload, or ``_NOT_FAST`` when
+    the payload is not of the shape this path proves (see above)."""
+    cut = data.find(_USAGE_MEMBER)
+    if cut < 0 or data.count('"usage":') != 1 or data.count('"choices":') != 1:
+        return _NOT_FAST
+    # The head (id, object, created, model) is the same in every chunk of a stream: proved
+    # once, then recognised by prefix.
+    head = meter.fast_head
+    if not head or not data.startswith(head):
+        match = _HEAD.match(data)
+        if match is None:
+            return _NOT_FAST
+        head = meter.fast_head = match.group()
+    try:
+        usage, end = _decode_at(data, cut + len(_USAGE_MEMBER) - 1)
+    except ValueError:
+        return _NOT_FAST
+    if _TAIL.fullmatch(data, end) is None:
+        return _NOT_FAST
+    meter.usage(usage)
+    if data.startswith("]", len(head)):  # "choices":[] — the usage-only chunk at the end
+        return data if keep_usage else None
+    if keep_usage and keep_continuous:
+        return data
+    return data[:cut] + data[end:]
 
 
 TIMEOUT_EVENT = ('data: {"error": {"message": "The request exceeded its time limit.", '
