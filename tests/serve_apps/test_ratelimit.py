@@ -90,3 +90,59 @@ def test_budget_counts_costs_settled_since_the_verification_with_a_margin() -> N
     # A verification right after a settlement may predate its flush: counted (safe side).
     wall.t += FLUSH_MARGIN_S / 2
     assert w.admit("k", "c", None, None, 0, BudgetAsk(0.5, wall.t, 0.1))[1] == OVER_BUDGET
+
+
+# ---------------------------------------------------------------- batched settlements
+
+
+def test_settlements_are_sent_in_batches_after_the_interval_or_when_full() -> None:
+    import asyncio
+
+    from serve_apps.ratelimit import SettleBatcher
+
+    sent: list[list[tuple[str, str, float, float | None]]] = []
+
+    async def main() -> None:
+        batcher = SettleBatcher(sent.append, interval_s=0.05, max_pending=3)
+        batcher.add(("k", "a", 10, None))
+        batcher.add(("k", "b", 20, 0.1))
+        await asyncio.sleep(0)
+        assert sent == []  # not one call per settlement
+        await asyncio.sleep(0.1)
+        assert sent == [[("k", "a", 10, None), ("k", "b", 20, 0.1)]]
+        for r in "cde":  # full: sent without waiting for the interval
+            batcher.add(("k", r, 1, None))
+        await asyncio.sleep(0.01)
+        assert [len(b) for b in sent] == [2, 3]
+        batcher.add(("k", "f", 1, None))
+        batcher.close()  # shutdown sends what is pending
+        assert [len(b) for b in sent] == [2, 3, 1]
+
+    asyncio.run(main())
+
+
+def test_batched_settlements_apply_in_order_and_a_failing_send_is_survived() -> None:
+    import asyncio
+
+    from serve_apps.ratelimit import RateLimiterActor, SettleBatcher
+
+    actor = RateLimiterActor()
+    actor.windows = RateWindows(Clock())
+    assert actor.admit("k", "a", None, 1000, 800) == (0.0, "")
+    assert actor.admit("k", "b", None, 1000, 100) == (0.0, "")
+    actor.settle_many([("k", "a", 50, None), ("k", "b", 20, None), ("k", "gone", 5, None)])
+    assert actor.usage("k") == (2, 70)
+
+    def broken(_: object) -> None:
+        raise ConnectionError("actor died")
+
+    async def main() -> None:
+        batcher = SettleBatcher(broken, interval_s=0.01)
+        batcher.add(("k", "a", 1, None))
+        await asyncio.sleep(0.05)
+        batcher.add(("k", "b", 1, None))  # the task survived the failure
+        await asyncio.sleep(0.05)
+        assert batcher._pending == []
+        batcher.close()
+
+    asyncio.run(main())
