@@ -59,7 +59,7 @@ from serve_apps import protocol
 from serve_apps.auth import KeyCache, Principal
 from serve_apps.builder import IngressOptions
 from serve_apps.metering import Meter, SpoolAdopter, claim_slot, metered_stream
-from serve_apps.ratelimit import SettleBatcher, Settlement
+from serve_apps.ratelimit import LeaseBook, SettleBatcher, Settlement
 from serve_apps.spec import DeploymentFile, DeploymentSpec, PriceSpec
 
 log = logging.getLogger(__name__)
@@ -345,8 +345,10 @@ class InventivIngress(OpenAiIngress):
             name: _load_tokenizer(dep) for name, dep in self.deployments.items()}
         self._limiter: Any = None
         self._settler = SettleBatcher(self._settle_many)
-        # request id -> (api key id, its deployment's price), for reservations to settle.
-        self._reservations: dict[str, tuple[str, PriceSpec | None]] = {}
+        self._leases = LeaseBook(self._settler.add)
+        # request id -> (api key id, its deployment's price, the lease that admitted it or
+        # None, tokens reserved), for reservations to settle.
+        self._reservations: dict[str, tuple[str, PriceSpec | None, str | None, float]] = {}
 
     def __serve_build_asgi_app__(self) -> Any:
         """Serve's hook, called on the replica after ``__init__``: put the gate in front."""
@@ -355,6 +357,9 @@ class InventivIngress(OpenAiIngress):
         return app
 
     async def __del__(self) -> None:  # Serve awaits it on replica shutdown
+        leases = getattr(self, "_leases", None)
+        if leases is not None:
+            leases.close()
         settler = getattr(self, "_settler", None)
         if settler is not None:
             settler.close()
@@ -386,12 +391,15 @@ class InventivIngress(OpenAiIngress):
     def _record(self, record: dict[str, Any]) -> None:
         held = self._reservations.pop(record["request_id"], None)
         if held is not None and self._limiter is not None:
-            key, price = held
+            key, price, lease_id, reserved = held
             used = record["prompt_tokens"] + record["completion_tokens"]
-            cost = None if price is None else token_cost(
-                price, record["prompt_tokens"], record["completion_tokens"])
             # Batched: one actor call per ~100 ms for all of this replica's requests.
-            self._settler.add((key, record["request_id"], used, cost))
+            if lease_id is not None:  # admitted under a lease: give back what it did not use
+                self._settler.add(("adjust", key, lease_id, used - reserved, 0))
+            else:
+                cost = None if price is None else token_cost(
+                    price, record["prompt_tokens"], record["completion_tokens"])
+                self._settler.add(("settle", key, record["request_id"], used, cost))
         try:
             self._usage_client.enqueue_usage(record)
         except Exception:  # noqa: BLE001 - metering must never break serving
@@ -434,8 +442,10 @@ class InventivIngress(OpenAiIngress):
                      completion_tokens: int) -> None:
         """Reserve the request against the key's RPM/TPM and, for priced deployments, its
         monthly budget, at the worst case (429 if it does not fit). Keys without limits skip
-        the round trip; an unreachable limiter lets requests through (logged)."""
-        from serve_apps.ratelimit import OVER_BUDGET, BudgetAsk, get_or_create_limiter
+        the round trip, and so do requests admitted under this replica's lease of the key's
+        minute (see serve_apps.ratelimit); an unreachable limiter lets requests through
+        (logged)."""
+        from serve_apps.ratelimit import LEASE_S, OVER_BUDGET, BudgetAsk, get_or_create_limiter
 
         p = ctx.principal
         budget = None
@@ -446,12 +456,20 @@ class InventivIngress(OpenAiIngress):
         if not self.options.rate_limits or (not limited and budget is None):
             return
         key = str(p.api_key_id)
+        want = prompt_tokens + completion_tokens
+        if budget is None:
+            # Usually admitted here, under this replica's lease of the key's minute.
+            lease_id = self._leases.take(key, want)
+            if lease_id is not None:
+                self._reservations[ctx.request_id] = (key, dep.price, lease_id, want)
+                return
+        lease_id = f"lease-{uuid.uuid4().hex}"
         try:
             if self._limiter is None:
                 self._limiter = get_or_create_limiter(f"{self.options.app_name}-rate-limiter")
-            wait, reason = await self._limiter.admit.remote(
-                key, ctx.request_id, p.rpm_limit, p.tpm_limit,
-                prompt_tokens + completion_tokens, budget)
+            wait, reason, lease = await self._limiter.admit_lease.remote(
+                key, ctx.request_id, p.rpm_limit, p.tpm_limit, want, budget, lease_id,
+                LEASE_S)
         except Exception:  # noqa: BLE001 - fail open, see serve_apps.ratelimit
             log.warning("rate limiter unreachable: request let through", exc_info=True)
             return
@@ -460,7 +478,9 @@ class InventivIngress(OpenAiIngress):
         if wait > 0:
             raise protocol.rate_limited(
                 "Rate limit reached for this API key (requests or tokens per minute).", wait)
-        self._reservations[ctx.request_id] = (key, dep.price)
+        if lease is not None:
+            self._leases.grant(key, lease_id, *lease, LEASE_S)
+        self._reservations[ctx.request_id] = (key, dep.price, None, want)
 
     async def _count(self, model: str, fn: Any, *args: Any, chars: int = 0) -> Any:
         if self._tokenizers.get(model) is None:

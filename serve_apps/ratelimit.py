@@ -13,9 +13,17 @@ that needs it, found by the others):
 Only keys that have a limit pay the round trip. TPM is reserved at the worst case (prompt +
 ``max_tokens`` × ``n``) before dispatch and settled to the real count afterwards; settlements
 are not on any response's path, so each replica sends them in batches (:class:`SettleBatcher`,
-one actor call per ~100 ms instead of one per request). If the actor is
-unreachable the ingress lets the request through (rate limits protect capacity; an outage of the
-limiter must not stop serving) and logs it.
+one actor call per ~100 ms instead of one per request).
+
+Leases keep the round trip off most requests of busy keys: when the actor admits a request
+and the key's limits are large enough, it also reserves a slice of the key's minute (2 % of
+its RPM/TPM) for that replica, which admits the key's next requests locally (:class:`LeaseBook`)
+for up to a second, then gives back what it did not use. Slices are reserved in the same
+windows as single requests, so the limits hold across replicas; keys with small limits (a
+slice under two requests) and requests checked against a budget always ask the actor.
+
+If the actor is unreachable the ingress lets the request through (rate limits protect
+capacity; an outage of the limiter must not stop serving) and logs it.
 
 Monthly budgets use the same actor and call (one round trip, atomic): the ingress knows what
 was left at the key's last verification (``budget_left_eur`` at wall time ``verified_at``);
@@ -41,29 +49,47 @@ WINDOW_S = 60.0
 
 @dataclass
 class _KeyWindow:
-    # reservation id -> [at, tokens], oldest first
+    # reservation id -> [at, tokens, requests], oldest first (a lease counts many requests)
     entries: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
     tokens: float = 0.0
+    requests: float = 0.0
 
     def prune(self, now: float) -> None:
+        # A lease is stamped at its end (see ``RateWindows.lease``), so the front entry may be
+        # younger than one behind it: those wait for it (at most a lease's duration longer,
+        # counted: the safe side).
         while self.entries:
-            rid, (at, tokens) = next(iter(self.entries.items()))
+            rid, (at, tokens, requests) = next(iter(self.entries.items()))
             if now - at < WINDOW_S:
                 break
             self.entries.popitem(last=False)
             self.tokens -= tokens
+            self.requests -= requests
 
-    def retry_after(self, now: float, rpm: int | None, tpm: int | None, want: float) -> float:
-        """Seconds until a request of ``want`` tokens would fit (0: it fits now)."""
-        if (rpm is None or len(self.entries) < rpm) and (
+    def add(self, reservation: str, at: float, tokens: float, requests: float) -> None:
+        self.entries[reservation] = [at, tokens, requests]
+        self.tokens += tokens
+        self.requests += requests
+
+    def remove(self, reservation: str) -> None:
+        entry = self.entries.pop(reservation, None)
+        if entry is not None:
+            self.tokens -= entry[1]
+            self.requests -= entry[2]
+
+    def retry_after(self, now: float, rpm: int | None, tpm: int | None, want: float,
+                    requests: float = 1) -> float:
+        """Seconds until ``requests`` requests of ``want`` tokens in all would fit (0: now)."""
+        if (rpm is None or self.requests + requests <= rpm) and (
                 tpm is None or self.tokens + want <= tpm):
             return 0.0
         # Walk the window oldest first until enough has expired.
-        count, tokens = len(self.entries), self.tokens
-        for at, entry_tokens in self.entries.values():
-            count -= 1
+        count, tokens = self.requests, self.tokens
+        for at, entry_tokens, entry_requests in self.entries.values():
+            count -= entry_requests
             tokens -= entry_tokens
-            if (rpm is None or count < rpm) and (tpm is None or tokens + want <= tpm):
+            if (rpm is None or count + requests <= rpm) and (
+                    tpm is None or tokens + want <= tpm):
                 return max(0.0, at + WINDOW_S - now)
         return WINDOW_S
 
@@ -137,9 +163,8 @@ class RateWindows:
 
     def _release_window(self, key: str, reservation: str) -> None:
         win = self._keys.get(key)
-        if win is not None and reservation in win.entries:
-            _, tokens = win.entries.pop(reservation)
-            win.tokens -= tokens
+        if win is not None:
+            win.remove(reservation)
 
     def acquire(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
                 tokens: float) -> float:
@@ -155,9 +180,47 @@ class RateWindows:
         wait = win.retry_after(now, rpm, tpm, tokens)
         if wait > 0:
             return wait
-        win.entries[reservation] = [now, tokens]
-        win.tokens += tokens
+        win.add(reservation, now, tokens, 1)
         return 0.0
+
+    def lease(self, key: str, lease_id: str, rpm: int | None, tpm: int | None,
+              want: float, duration_s: float) -> tuple[float, float] | None:
+        """Reserve a slice of the key's minute for one replica to admit locally for
+        ``duration_s``: ``(requests, tokens)``, or None when the limits are too small (or
+        too close to full) for a slice worth having, i.e. every request asks this actor.
+
+        The slices plus the actor's own reservations never exceed the limits, so the limits
+        still hold across replicas. The slice is stamped at its END (the last moment a
+        request may be admitted under it): it stays in the window until every request
+        admitted under it has been there a full minute. What the replica did not use is
+        given back when the lease ends (``adjust``)."""
+        requests = float("inf") if rpm is None else float(int(rpm * LEASE_FRACTION))
+        tokens = float("inf") if tpm is None else tpm * LEASE_FRACTION
+        if requests < LEASE_MIN_REQUESTS or tokens < LEASE_MIN_REQUESTS * want:
+            return None
+        now = self._clock()
+        win = self._keys.setdefault(key, _KeyWindow())
+        win.prune(now)
+        # Unlimited dimensions reserve nothing (a lease is then bounded by the other).
+        held_requests = 0.0 if rpm is None else requests
+        held_tokens = 0.0 if tpm is None else tokens
+        if win.retry_after(now, rpm, tpm, held_tokens, held_requests) > 0:
+            return None
+        win.add(lease_id, now + duration_s, held_tokens, held_requests)
+        return requests, tokens
+
+    def adjust(self, key: str, reservation: str, tokens: float, requests: float = 0) -> None:
+        """Add ``tokens``/``requests`` (negative: give back) to a reservation or lease."""
+        win = self._keys.get(key)
+        entry = None if win is None else win.entries.get(reservation)
+        if win is None or entry is None:
+            return  # already out of the window
+        tokens = max(tokens, -entry[1])
+        requests = max(requests, -entry[2])
+        entry[1] += tokens
+        entry[2] += requests
+        win.tokens += tokens
+        win.requests += requests
 
     def settle(self, key: str, reservation: str, tokens: float) -> None:
         """Replace a reservation's worst case by what the request really used."""
@@ -168,12 +231,13 @@ class RateWindows:
         win.tokens += tokens - entry[1]
         entry[1] = tokens
 
-    def usage(self, key: str) -> tuple[int, float]:
+    def usage(self, key: str) -> tuple[float, float]:
+        """Requests and tokens in the key's window (leases count what they hold)."""
         win = self._keys.get(key)
         if win is None:
             return 0, 0.0
         win.prune(self._clock())
-        return len(win.entries), win.tokens
+        return win.requests, win.tokens
 
 
 class RateLimiterActor:
@@ -192,17 +256,105 @@ class RateLimiterActor:
         if cost_eur is not None:
             self.windows.settle_cost(key, reservation, cost_eur)
 
+    def admit_lease(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
+                    tokens: float, budget: BudgetAsk | None, lease_id: str, duration_s: float
+                    ) -> tuple[float, str, tuple[float, float] | None]:
+        """``admit``, then (admitted, no budget to check) a lease for the caller to admit the
+        key's next requests locally: ``(wait, reason, (requests, tokens) or None)``."""
+        wait, reason = self.windows.admit(key, reservation, rpm, tpm, tokens, budget)
+        lease = None
+        if wait == 0 and budget is None:
+            lease = self.windows.lease(key, lease_id, rpm, tpm, tokens, duration_s)
+        return wait, reason, lease
+
     def settle_many(self, settlements: list[Settlement]) -> None:
-        """``settle`` for each ``(key, reservation, tokens, cost_eur)``, in order."""
-        for key, reservation, tokens, cost_eur in settlements:
-            self.settle(key, reservation, tokens, cost_eur)
+        """In order: ``("settle", key, reservation, tokens, cost_eur)`` replaces a
+        reservation by what was used; ``("adjust", key, lease id, tokens, requests)`` adds
+        (negative: gives back) to a lease."""
+        for op, key, reservation, a, b in settlements:
+            if op == "adjust":
+                self.windows.adjust(key, reservation, a, b or 0)
+            else:
+                self.settle(key, reservation, a, b)
 
     def usage(self, key: str) -> tuple[int, float]:
         return self.windows.usage(key)
 
 
-# (api key id, reservation id, tokens really used, EUR really spent or None)
-Settlement = tuple[str, str, float, float | None]
+# ("settle", api key id, reservation id, tokens really used, EUR really spent or None) or
+# ("adjust", api key id, lease id, tokens delta, requests delta)
+Settlement = tuple[str, str, str, float, float | None]
+
+# A lease is this share of a key's per-minute limits, held for LEASE_S; keys whose share is
+# under LEASE_MIN_REQUESTS requests (or tokens for that many requests like the current one)
+# get none: small limits are decided by the actor, request by request, exactly.
+LEASE_FRACTION = 0.02
+LEASE_MIN_REQUESTS = 2
+LEASE_S = 1.0
+
+
+@dataclass
+class _Lease:
+    lease_id: str
+    requests: float
+    tokens: float
+    until: float
+
+
+class LeaseBook:
+    """A replica's leases (one per key at a time): admits locally while the current lease
+    has room, and gives back what it did not use when it ends (through ``give_back``, the
+    settlement batcher's ``add``)."""
+
+    def __init__(self, give_back: Callable[[Settlement], None], *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._give_back = give_back
+        self._clock = clock
+        self._leases: dict[str, _Lease] = {}
+
+    def take(self, key: str, tokens: float) -> str | None:
+        """The lease id that admits a request of ``tokens`` now, or None (ask the actor)."""
+        lease = self._leases.get(key)
+        if lease is None:
+            return None
+        if self._clock() >= lease.until:
+            self.end(key)
+            return None
+        if lease.requests < 1 or lease.tokens < tokens:
+            return None
+        lease.requests -= 1
+        lease.tokens -= tokens
+        return lease.lease_id
+
+    def grant(self, key: str, lease_id: str, requests: float, tokens: float,
+              duration_s: float) -> None:
+        """Start a lease the actor granted (ending the key's previous one)."""
+        self.end(key)
+        self._leases[key] = _Lease(lease_id, requests, tokens, self._clock() + duration_s)
+        try:
+            asyncio.get_running_loop().call_later(duration_s, self._end_if, key, lease_id)
+        except RuntimeError:  # no loop (tests): ended by the next take
+            pass
+
+    def _end_if(self, key: str, lease_id: str) -> None:
+        lease = self._leases.get(key)
+        if lease is not None and lease.lease_id == lease_id:
+            self.end(key)
+
+    def end(self, key: str) -> None:
+        """Stop admitting under the key's lease and give back what is unused."""
+        lease = self._leases.pop(key, None)
+        if lease is None:
+            return
+        # Unlimited dimensions (inf) held nothing at the actor: nothing to give back.
+        requests = 0.0 if lease.requests == float("inf") else -lease.requests
+        tokens = 0.0 if lease.tokens == float("inf") else -lease.tokens
+        if requests or tokens:
+            self._give_back(("adjust", key, lease.lease_id, tokens, requests))
+
+    def close(self) -> None:
+        for key in list(self._leases):
+            self.end(key)
 
 
 class SettleBatcher:

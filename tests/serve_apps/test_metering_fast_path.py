@@ -22,7 +22,7 @@ from serve_apps.metering import (
 
 RECORDED = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "vllm_chat_stream.txt"
 MODES = [(False, False), (True, False), (True, True)]
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -100,21 +100,21 @@ def test_settlements_are_sent_in_batches_after_the_interval_or_when_full() -> No
 
     from serve_apps.ratelimit import SettleBatcher
 
-    sent: list[list[tuple[str, str, float, float | None]]] = []
+    sent: list[list[tuple[str, str, str, float, float | None]]] = []
 
     async def main() -> None:
         batcher = SettleBatcher(sent.append, interval_s=0.05, max_pending=3)
-        batcher.add(("k", "a", 10, None))
-        batcher.add(("k", "b", 20, 0.1))
+        batcher.add(("settle", "k", "a", 10, None))
+        batcher.add(("settle", "k", "b", 20, 0.1))
         await asyncio.sleep(0)
         assert sent == []  # not one call per settlement
         await asyncio.sleep(0.1)
-        assert sent == [[("k", "a", 10, None), ("k", "b", 20, 0.1)]]
+        assert sent == [[("settle", "k", "a", 10, None), ("settle", "k", "b", 20, 0.1)]]
         for r in "cde":  # full: sent without waiting for the interval
-            batcher.add(("k", r, 1, None))
+            batcher.add(("settle", "k", r, 1, None))
         await asyncio.sleep(0.01)
         assert [len(b) for b in sent] == [2, 3]
-        batcher.add(("k", "f", 1, None))
+        batcher.add(("settle", "k", "f", 1, None))
         batcher.close()  # shutdown sends what is pending
         assert [len(b) for b in sent] == [2, 3, 1]
 
@@ -130,7 +130,8 @@ def test_batched_settlements_apply_in_order_and_a_failing_send_is_survived() -> 
     actor.windows = RateWindows(Clock())
     assert actor.admit("k", "a", None, 1000, 800) == (0.0, "")
     assert actor.admit("k", "b", None, 1000, 100) == (0.0, "")
-    actor.settle_many([("k", "a", 50, None), ("k", "b", 20, None), ("k", "gone", 5, None)])
+    actor.settle_many([("settle", "k", "a", 50, None), ("settle", "k", "b", 20, None),
+                       ("settle", "k", "gone", 5, None)])
     assert actor.usage("k") == (2, 70)
 
     def broken(_: object) -> None:
@@ -138,11 +139,73 @@ def test_batched_settlements_apply_in_order_and_a_failing_send_is_survived() -> 
 
     async def main() -> None:
         batcher = SettleBatcher(broken, interval_s=0.01)
-        batcher.add(("k", "a", 1, None))
+        batcher.add(("settle", "k", "a", 1, None))
         await asyncio.sleep(0.05)
-        batcher.add(("k", "b", 1, None))  # the task survived the failure
+        batcher.add(("settle", "k", "b", 1, None))  # the task survived the failure
         await asyncio.sleep(0.05)
         assert batcher._pending == []
         batcher.close()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------- leases
+
+
+def test_leases_and_direct_admissions_never_exceed_the_limits_together() -> None:
+    """Two replicas, each with a lease book, admitting locally while they can and asking the
+    actor otherwise: over a minute, never more than the RPM/TPM limits, whatever the mix."""
+    from serve_apps.ratelimit import LEASE_S, LeaseBook, RateLimiterActor
+
+    clock = Clock()
+    actor = RateLimiterActor()
+    actor.windows = RateWindows(clock)
+    rpm, tpm = 500, 50_000
+    admitted: list[tuple[float, float]] = []  # (at, tokens)
+    books = [LeaseBook(lambda s: actor.settle_many([s]), clock=clock) for _ in range(2)]
+    local = 0
+    for i in range(3000):
+        book = books[i % 2]
+        want = 10 + (i * 37) % 90
+        rid = f"r{i}"
+        if book.take("k", want) is not None:
+            local += 1
+        else:
+            lease_id = f"lease-{i}"
+            wait, _, lease = actor.admit_lease("k", rid, rpm, tpm, want, None, lease_id, LEASE_S)
+            if wait > 0:
+                clock.t += 0.05
+                continue
+            if lease is not None:
+                book.grant("k", lease_id, *lease, LEASE_S)
+        admitted.append((clock.t, want))
+        clock.t += 0.01
+    # Sliding one-minute windows over what was admitted.
+    for at, _ in admitted:
+        inside = [w for t, w in admitted if at <= t < at + WINDOW_S]
+        assert len(inside) <= rpm and sum(inside) <= tpm
+    assert len(admitted) >= rpm  # the limit is reached, not starved by held slices
+    assert local > len(admitted) / 2  # most never asked the actor
+
+
+def test_small_limits_get_no_lease_and_unused_slices_are_given_back() -> None:
+    from serve_apps.ratelimit import LeaseBook, RateLimiterActor
+
+    clock = Clock()
+    actor = RateLimiterActor()
+    actor.windows = RateWindows(clock)
+    assert actor.admit_lease("k", "a", 4, None, 1, None, "l1", 1.0) == (0.0, "", None)
+    wait, _, lease = actor.admit_lease("big", "a", 1000, None, 1, None, "l2", 1.0)
+    assert wait == 0 and lease == (20, float("inf"))
+    assert actor.usage("big") == (21, 1)  # the request and the slice
+    book = LeaseBook(lambda s: actor.settle_many([s]), clock=clock)
+    book.grant("big", "l2", *lease, 1.0)
+    assert [book.take("big", 5) for _ in range(3)] == ["l2"] * 3
+    clock.t += 1.0
+    assert book.take("big", 5) is None  # over: the 17 unused requests go back
+    assert actor.usage("big") == (4, 1)
+    # Budgets are never leased: every request is checked by the actor.
+    from serve_apps.ratelimit import BudgetAsk
+
+    ask = BudgetAsk(left_eur=10.0, verified_at=0.0, cost_eur=0.1)
+    assert actor.admit_lease("big", "b", 1000, None, 1, ask, "l3", 1.0)[2] is None
