@@ -251,10 +251,14 @@ def _serve_max_replicas(lap: Laptop, name: str) -> int | None:
 def test_deploy_update_delete_round_trip_reaches_serve(laptop: Laptop, tmp_path: Path) -> None:
     import json
 
+    # The control API applies each write to Serve at once; when the dashboard is too slow to
+    # answer (a loaded box), the write stays `pending` and the sync job re-applies it.
     laptop.cli("deploy", "-f", str(_extra_file(tmp_path, 1)))
-    assert _serve_max_replicas(laptop, "tiny-extra") == 1
+    wait_until("Serve's config with tiny-extra",
+               lambda: _serve_max_replicas(laptop, "tiny-extra") == 1, 120)
     laptop.cli("deploy", "-f", str(_extra_file(tmp_path, 2)))
-    assert _serve_max_replicas(laptop, "tiny-extra") == 2
+    wait_until("Serve's config with tiny-extra at max_replicas 2",
+               lambda: _serve_max_replicas(laptop, "tiny-extra") == 2, 120)
     shown = json.loads(laptop.cli("deployments", "show", "tiny-extra", "--json").stdout)
     assert shown["version"] == 2 and shown["spec"]["autoscaling"]["max_replicas"] == 2
     # Serve builds the updated app: the new deployment appears with the new bound.
@@ -264,10 +268,15 @@ def test_deploy_update_delete_round_trip_reaches_serve(laptop: Laptop, tmp_path:
         240, poll_s=2)
 
     laptop.cli("deployments", "delete", "tiny-extra")
-    assert _serve_max_replicas(laptop, "tiny-extra") is None
-    listed = json.loads(laptop.cli("deployments", "list", "--deleted", "--json").stdout)
-    extra = next(d for d in listed["items"] if d["name"] == "tiny-extra")
-    assert extra["status"] == "deleted"
+    wait_until("tiny-extra gone from Serve's config",
+               lambda: _serve_max_replicas(laptop, "tiny-extra") is None, 120)
+
+    def shown_deleted() -> bool:
+        listed = json.loads(laptop.cli("deployments", "list", "--deleted", "--json").stdout)
+        return next(d for d in listed["items"] if d["name"] == "tiny-extra")["status"] == \
+            "deleted"
+
+    wait_until("tiny-extra shown deleted by the control API", shown_deleted, 60, poll_s=2)
     wait_until("tiny-extra gone from Serve's deployments",
                lambda: "LLMServer:tiny-extra" not in (serve_app(laptop).get("deployments")
                                                       or {}), 240, poll_s=2)
