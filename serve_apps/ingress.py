@@ -375,8 +375,16 @@ class InventivIngress(OpenAiIngress):
             slot.release()  # what is still spooled is adopted by a live replica
 
     def _settle_many(self, settlements: list[Settlement]) -> None:
-        if self._limiter is not None:
-            self._limiter.settle_many.remote(settlements)  # fire and forget, in call order
+        limiter = self._limiter
+        if limiter is None:
+            return
+        if hasattr(limiter, "settle_many"):
+            limiter.settle_many.remote(settlements)  # fire and forget, in call order
+            return
+        # A limiter actor of an older version (it is detached: it outlives an upgrade).
+        for op, key, reservation, tokens, cost in settlements:
+            if op == "settle":
+                limiter.settle.remote(key, reservation, tokens, cost)
 
     def _deployment_names(self) -> dict[str, str]:
         """Model name -> the Serve deployment serving it (for the replica probe)."""
@@ -467,9 +475,14 @@ class InventivIngress(OpenAiIngress):
         try:
             if self._limiter is None:
                 self._limiter = get_or_create_limiter(f"{self.options.app_name}-rate-limiter")
-            wait, reason, lease = await self._limiter.admit_lease.remote(
-                key, ctx.request_id, p.rpm_limit, p.tpm_limit, want, budget, lease_id,
-                LEASE_S)
+            if hasattr(self._limiter, "admit_lease"):
+                wait, reason, lease = await self._limiter.admit_lease.remote(
+                    key, ctx.request_id, p.rpm_limit, p.tpm_limit, want, budget, lease_id,
+                    LEASE_S)
+            else:  # a limiter actor of an older version (detached: it outlives an upgrade)
+                wait, reason = await self._limiter.admit.remote(
+                    key, ctx.request_id, p.rpm_limit, p.tpm_limit, want, budget)
+                lease = None
         except Exception:  # noqa: BLE001 - fail open, see serve_apps.ratelimit
             log.warning("rate limiter unreachable: request let through", exc_info=True)
             return
