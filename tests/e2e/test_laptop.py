@@ -239,12 +239,13 @@ def _extra_file(tmp_path: Path, max_replicas: int) -> Path:
     return path
 
 
-def _serve_max_replicas(lap: Laptop, name: str) -> int | None:
-    """``max_replicas`` of deployment ``name`` in the config Serve runs (GET via Serve REST)."""
+def _serve_max_replicas(lap: Laptop, model: str) -> int | None:
+    """``max_replicas`` of model ``model`` in the config Serve runs (GET via Serve REST): the
+    control API sets replica bounds as per-deployment overrides (a lightweight update)."""
     cfg = serve_app(lap).get("deployed_app_config") or {}
-    for dep in ((cfg.get("args") or {}).get("spec") or {}).get("deployments", []):
-        if dep["name"] == name:
-            return int(dep["autoscaling"]["max_replicas"])
+    for dep in cfg.get("deployments") or []:
+        if dep.get("name") == f"LLMServer:{model}":
+            return int((dep.get("autoscaling_config") or {})["max_replicas"])
     return None
 
 
