@@ -91,17 +91,20 @@ def serve_config(settings: Settings) -> ServeConfig | None:
     Environment names (prefix ``INVENTIV_``): ``RAY_DASHBOARD_URL``, ``RAY_AUTH_TOKEN_FILE``
     (or ``RAY_AUTH_TOKEN``), ``SERVE_TIMEOUT_SECONDS`` (10), ``SERVE_APP_NAME`` (inventiv),
     ``SERVE_IMPORT_PATH``, ``SERVE_HTTP_HOST`` (0.0.0.0), ``SERVE_HTTP_PORT`` (8000), and the
-    ingress options ``SERVE_CONTROL_API_URL``, ``SERVE_SERVICE_TOKEN_FILE``, ``SERVE_SPOOL_DIR``.
+    ingress options ``SERVE_CONTROL_API_URL``, ``SERVE_SERVICE_TOKEN_FILE``, ``SERVE_SPOOL_DIR``,
+    ``SERVE_CORS_ALLOW_ORIGINS`` (a JSON list).
     """
     if not settings.ray_dashboard_url:
         return None
-    options = {
+    options: dict[str, Any] = {
         key: value for key, value in (
             ("control_api_url", settings.serve_control_api_url),
             ("service_token_file", settings.serve_service_token_file),
             ("spool_dir", settings.serve_spool_dir),
         ) if value
     }
+    if settings.serve_cors_allow_origins:
+        options["cors_allow_origins"] = list(settings.serve_cors_allow_origins)
     target = ServeTarget(app_name=settings.serve_app_name,
                          import_path=settings.serve_import_path,
                          http_host=settings.serve_http_host,

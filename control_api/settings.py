@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     serve_control_api_url: str | None = None
     serve_service_token_file: str | None = None
     serve_spool_dir: str | None = None
+    # Browser origins allowed to call the OpenAI endpoint (CORS), as JSON:
+    # INVENTIV_SERVE_CORS_ALLOW_ORIGINS='["https://app.example.com"]'. Empty: no CORS headers.
+    serve_cors_allow_origins: list[str] = Field(default_factory=list)
     # How often the sync job compares Serve with the desired deployments (and the budget guard).
     serve_sync_seconds: float = Field(default=30.0, gt=0)
 

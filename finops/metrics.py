@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -90,7 +91,8 @@ class FinopsCollector(Collector):
             evaluate_budgets(s, now)
             for b in s.scalars(select(Budget)):
                 labels = [str(b.scope.value if hasattr(b.scope, "value") else b.scope), str(b.id)]
-                ratio.add_metric(labels, float(budget_ratio(b.spent_eur or 0, b.monthly_eur)))
+                spent = b.spent_eur or Decimal(0)
+                ratio.add_metric(labels, float(budget_ratio(spent, b.monthly_eur)))
                 state.add_metric(labels, STATE_VALUE[str(getattr(b.state, "value", b.state))])
             caps = current_scale_caps(s)
             for dep_id, name in s.execute(select(Deployment.id, Deployment.name)

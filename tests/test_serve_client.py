@@ -312,6 +312,10 @@ def test_config_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             cfg.timeout_s) == ("http://h:8265", "/run/ray-token", 9000, "prod", 3.5)
     assert cfg.target.ingress_options == {"control_api_url": "http://api:8080",
                                           "service_token_file": "/run/svc-token"}
+    monkeypatch.setenv("INVENTIV_SERVE_CORS_ALLOW_ORIGINS", '["https://app.example.com"]')
+    cfg = serve_config_from_env()
+    assert cfg is not None
+    assert cfg.target.ingress_options["cors_allow_origins"] == ["https://app.example.com"]
     assert repr(ServeClient.from_config(cfg)) == "ServeClient('http://h:8265')"
     # The token itself (no file) is accepted too, and never shown.
     settings = Settings(ray_dashboard_url="http://h:8265", ray_auth_token_file=None,

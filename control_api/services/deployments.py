@@ -343,11 +343,11 @@ def update_scale_caps(session: Session, details: dict[str, Any] | None, app_name
     active = active_deployments(session)
     for gone in set(caps) - {d.id for d in active}:
         # Deleted while capped: close the cap so a re-created deployment starts clean.
-        cap = caps.pop(gone)
+        ended = caps.pop(gone)
         session.add(ActionLog(
             type=CAP_ENDED, component=COMPONENT, status="info", created_at=now,
-            details={"deployment_id": str(gone), "replicas": cap.replicas,
-                     "reason": "deployment deleted", "capped_since": cap.since.isoformat()}))
+            details={"deployment_id": str(gone), "replicas": ended.replicas,
+                     "reason": "deployment deleted", "capped_since": ended.since.isoformat()}))
     for dep in active:
         cap, reason = caps.get(dep.id), blocks.get(dep.id)
         if reason is not None and cap is None:
