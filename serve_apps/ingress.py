@@ -357,6 +357,9 @@ class InventivIngress(OpenAiIngress):
         return app
 
     async def __del__(self) -> None:  # Serve awaits it on replica shutdown
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.flush()
         leases = getattr(self, "_leases", None)
         if leases is not None:
             leases.close()

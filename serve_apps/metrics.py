@@ -13,7 +13,15 @@ timeout, aborted).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
+
+from ray.util import metrics as ray_metrics
+
+# Counter increments are summed per label set and recorded at most this often (s): Ray's
+# exporter reports every few seconds anyway, and one ``Counter.inc`` costs tens of µs of
+# tag merging and validation, three or four times per request.
+COUNTER_FLUSH_S = 1.0
 
 # TTFT buckets (ms): CPU engines sit in the hundreds of ms, GPUs in the tens.
 TTFT_BOUNDARIES_MS = [5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
@@ -23,11 +31,48 @@ COLD_START_BOUNDARIES_S = [1.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 
                            600.0, 1200.0]
 
 
+class Counter(ray_metrics.Counter):
+    """Ray's ``Counter`` with increments made on an event loop summed per tag set and
+    recorded ``interval_s`` after the first one pending (off a loop: recorded at once).
+    Named ``Counter`` on purpose: the ops kit finds metrics by their constructor's name."""
+
+    def __init__(self, name: str, description: str = "",
+                 tag_keys: tuple[str, ...] | None = None,
+                 interval_s: float = COUNTER_FLUSH_S) -> None:
+        super().__init__(name, description=description, tag_keys=tag_keys)
+        self._interval_s = interval_s
+        self._pending: dict[tuple[tuple[str, str], ...], float] = {}
+        self._flush_handle: asyncio.TimerHandle | None = None
+
+    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
+        if not isinstance(value, int | float) or value <= 0:
+            super().inc(value, tags)  # Ray's own errors for bad values
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().inc(value, tags)
+            return
+        key = tuple(sorted(tags.items())) if tags else ()
+        self._pending[key] = self._pending.get(key, 0.0) + value
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_later(self._interval_s, self.flush)
+
+    def flush(self) -> None:
+        """Record what is pending now."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        for key, value in pending.items():
+            super().inc(value, dict(key))
+
+
 class IngressMetrics:
     """The ingress's counters and histograms (one set per replica process)."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Counter, Gauge, Histogram
+        from ray.util.metrics import Gauge, Histogram
 
         self.requests = Counter(
             "inventiv_requests", description="Requests answered by the ingress, by model/org.",
@@ -52,6 +97,11 @@ class IngressMetrics:
             "inventiv_cold_start_wait_s",
             description="Time a request waited for a deployment to start from zero (s).",
             boundaries=COLD_START_BOUNDARIES_S, tag_keys=("model", "outcome"))
+
+    def flush(self) -> None:
+        """Record the counters' pending increments now (on shutdown)."""
+        for counter in (self.requests, self.errors, self.tokens, self.rate_limited):
+            counter.flush()
 
     def request(self, model: str, org: str, endpoint: str) -> None:
         self.requests.inc(1, tags={"model": model, "org": org, "endpoint": endpoint})
