@@ -30,6 +30,7 @@ from tests.e2e.conftest import CLUSTER_FILE, READY_TIMEOUT_S, REPO, Laptop
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(READY_TIMEOUT_S) + 600)]
 
 TINY = "LLMServer:tiny"
+BURST = "LLMServer:tiny-burst"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -130,9 +131,9 @@ def test_embeddings_with_the_printed_key(laptop: Laptop) -> None:
 
 
 def test_scale_from_zero_then_chat_and_stream(laptop: Laptop) -> None:
-    # tiny-chat starts at zero replicas: only the embedding model's node runs.
+    # tiny-chat starts at zero replicas: only the nodes of the embedding model and tiny-burst run.
     assert "RUNNING" not in replicas(laptop)
-    assert workers(laptop) == 1
+    assert workers(laptop) == 2
     client = openai_client(laptop, timeout=READY_TIMEOUT_S)
     started = time.monotonic()
     out = chat(client)
@@ -141,7 +142,7 @@ def test_scale_from_zero_then_chat_and_stream(laptop: Laptop) -> None:
     assert out.choices[0].message.content
     assert out.usage.completion_tokens > 0
     assert replicas(laptop).count("RUNNING") == 1
-    assert workers(laptop) == 2  # the replica needed a new local node
+    assert workers(laptop) == 3  # the replica needed a new local node
 
     chunks = list(client.chat.completions.create(
         model="tiny", max_tokens=16, stream=True, stream_options={"include_usage": True},
@@ -161,14 +162,16 @@ def test_cli_on_the_printed_api_url_sees_the_nodes_and_their_cost(laptop: Laptop
                                                   else keys))
     items = json.loads(laptop.cli("instances", "list", "--json").stdout)["items"]
     ours = [i for i in items if i["cluster_name"] == "laptop-e2e" and i["state"] == "ready"]
-    assert len(ours) == 2 and {i["instance_type"] for i in ours} == {"local-L4"}
+    assert len(ours) == 3 and {i["instance_type"] for i in ours} == {"local-L4"}
     summary = json.loads(laptop.cli("costs", "summary", "--json").stdout)
     assert Decimal(summary["burn_rate_eur_per_hour"]) > 0
 
 
 def test_burst_adds_a_replica_on_a_new_node_then_both_go(laptop: Laptop) -> None:
-    wait_until("one tiny replica", lambda: replicas(laptop) == ["RUNNING"], 60)
-    assert workers(laptop) == 2
+    # tiny-burst: the real policy, Serve, autoscaler and local nodes; the null engine (see
+    # deployments.yaml), so the new replica does not start a vLLM beside a CPU-bound burst.
+    wait_until("one tiny-burst replica", lambda: replicas(laptop, BURST) == ["RUNNING"], 60)
+    assert workers(laptop) == 3
     # Short streams keep 8 requests in flight (4x the target of 2 per replica); the timeout is
     # generous because a shared 2-core box can be very slow while vLLM starts beside it.
     client = openai_client(laptop, timeout=READY_TIMEOUT_S)
@@ -180,7 +183,7 @@ def test_burst_adds_a_replica_on_a_new_node_then_both_go(laptop: Laptop) -> None
         while not stop.is_set():
             try:
                 for _ in client.chat.completions.create(
-                        model="tiny", max_tokens=64, stream=True,
+                        model="tiny-burst", max_tokens=64, stream=True,
                         messages=[{"role": "user", "content": "tell me a long story"}]):
                     pass
                 done[0] += 1
@@ -191,11 +194,11 @@ def test_burst_adds_a_replica_on_a_new_node_then_both_go(laptop: Laptop) -> None
     started = time.monotonic()
     for t in threads:
         t.start()
-    seen = {"workers": 2, "replicas": 1}
+    seen = {"workers": 3, "replicas": 1}
 
     def scaled() -> bool:
         seen["workers"] = max(seen["workers"], workers(laptop))
-        states = replicas(laptop)
+        states = replicas(laptop, BURST)
         seen["replicas"] = max(seen["replicas"], len(states))
         return states.count("RUNNING") == 2
 
@@ -209,12 +212,13 @@ def test_burst_adds_a_replica_on_a_new_node_then_both_go(laptop: Laptop) -> None
           f"({time.monotonic() - started:.0f}s with the drain), {done[0]} streams",
           file=sys.stderr)
     assert not errors, errors[:5]
-    assert seen["workers"] == 3  # the new replica needed a new local node
+    assert seen["workers"] == 4  # the new replica needed a new local node
     # After the burst the extra replica goes, then its idle node.
-    gone = wait_until("one replica and two nodes again",
-                      lambda: replicas(laptop) == ["RUNNING"] and workers(laptop) == 2, 300,
+    gone = wait_until("one replica and three nodes again",
+                      lambda: replicas(laptop, BURST) == ["RUNNING"] and workers(laptop) == 3,
+                      300,
                       poll_s=2)
-    print(f"burst over: back to 1 replica / 2 nodes in {gone:.0f}s", file=sys.stderr)
+    print(f"burst over: back to 1 replica / 3 nodes in {gone:.0f}s", file=sys.stderr)
     assert chat(openai_client(laptop)).choices[0].message.content
 
 
