@@ -13,11 +13,9 @@ of ``tests/serve_apps`` (which runs later, alphabetically).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,8 @@ import pytest
 
 from cli.laptop import CLUSTER_DIR, find_marked_processes
 from cluster.clouds.local import find_marked
+from tests.client.conftest import free_port
+from tests.serve_apps.conftest import require_modules
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -39,23 +39,6 @@ DEPLOYMENTS_FILE = HERE / "deployments.yaml"
 # Startup is 2-4 min on 2 idle cores; shared CI machines are slower.
 READY_TIMEOUT_S = float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "900"))
 MIN_AVAILABLE_GIB = 7.0
-
-
-def require_modules(*names: str) -> None:
-    """Skip (or fail with ``INVENTIV_REQUIRE_SERVING=1``) without the serving stack."""
-    missing = [n for n in names if importlib.util.find_spec(n) is None]
-    if not missing:
-        return
-    message = f"serving stack not installed (missing {', '.join(missing)}): see DEVELOPERS.md"
-    if os.environ.get("INVENTIV_REQUIRE_SERVING") == "1":
-        pytest.fail(message)
-    pytest.skip(message, allow_module_level=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def available_gib() -> float:
