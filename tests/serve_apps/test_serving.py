@@ -380,18 +380,23 @@ def test_prometheus_metrics_carry_model_and_org(serving: Serving) -> None:
         "ttft": ("ray_inventiv_ttft_ms_bucket", 'le="'),
     }
     found: dict[str, list[str]] = {}
-    deadline = time.monotonic() + 90  # Ray exports metrics every few seconds
+
+    def completion_tokens() -> float:
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in found.get("tokens", []))
+
+    # Wait for the values, not just the names: counters are batched per replica and exported by
+    # Ray every few seconds, so a name can appear before the last request's increment has.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{serving.metrics_port}/metrics", timeout=10).text
         ours = [ln for ln in text.splitlines() if f'org="{org}"' in ln and 'model="tiny"' in ln]
         found = {name: [ln for ln in ours if ln.startswith(metric) and label in ln]
                  for name, (metric, label) in wanted.items()}
-        if all(found.values()):
+        if all(found.values()) and completion_tokens() >= 5:
             break
         time.sleep(1)
     assert all(found.values()), {name: bool(v) for name, v in found.items()}
-    completion_tokens = sum(float(ln.rsplit(" ", 1)[1]) for ln in found["tokens"])
-    assert completion_tokens == 5  # 3 streamed + 2
+    assert completion_tokens() == 5  # 3 streamed + 2
 
 
 def test_usage_request_ids_are_unique_across_the_session(serving: Serving) -> None:
