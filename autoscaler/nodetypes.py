@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 CATALOG_SEED = Path(__file__).resolve().parent.parent / "configs" / "catalog" / "seed.yaml"
-# Availability values (control_api.models.Availability), best first.
+# Availability values (core.models.Availability), best first.
 AVAILABILITY_ORDER = {"available": 0, "unknown": 1, "scarce": 2}
 OUT_OF_STOCK = "shortage"
 

@@ -73,7 +73,7 @@ logger = logging.getLogger("ray.serve")
 
 
 class AutoscalingFields(Protocol):
-    """What :func:`serve_autoscaling_config` reads: ``serve_apps.spec.AutoscalingSpec``
+    """What :func:`serve_autoscaling_config` reads: ``core.spec.AutoscalingSpec``
     (a protocol, because ``autoscaler`` does not import ``serve_apps``)."""
 
     min_replicas: int

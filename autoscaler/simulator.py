@@ -68,7 +68,7 @@ from finops.ledger import (
 )
 
 if TYPE_CHECKING:  # the CLI parses the YAML; the simulator only reads the parsed spec
-    from serve_apps.spec import DeploymentSpec
+    from core.spec import DeploymentSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG_SEED = ROOT / "configs" / "catalog" / "seed.yaml"
@@ -242,7 +242,7 @@ class SimDeployment:
 
 
 def from_deployment_spec(dep: DeploymentSpec) -> SimDeployment:
-    """A :class:`SimDeployment` from one parsed deployment of the YAML (serve_apps.spec)."""
+    """A :class:`SimDeployment` from one parsed deployment of the YAML (core.spec)."""
     a, pl = dep.autoscaling, dep.placement
     return SimDeployment(
         name=dep.name, min_replicas=a.min_replicas, max_replicas=a.max_replicas,

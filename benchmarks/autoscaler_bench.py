@@ -37,7 +37,7 @@ from autoscaler.simulator import (  # noqa: E402
     simulate,
 )
 from autoscaler.traces import EXAMPLES, TRACES_DIR, load_trace  # noqa: E402
-from serve_apps.spec import load_spec_file  # noqa: E402
+from core.spec import load_spec_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIOS = ("cost_eur", "gpu_hours", "idle_share", "p50_wait_s", "p95_wait_s", "p99_wait_s",

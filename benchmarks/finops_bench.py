@@ -31,8 +31,8 @@ from sqlalchemy import text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 from control_api import bootstrap, migrate  # noqa: E402
-from control_api.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from control_api.services import finops as svc  # noqa: E402
+from core.db import make_engine, make_sessionmaker, session_scope  # noqa: E402
 from finops.chargeback import chargeback  # noqa: E402
 from finops.costs import window_costs_units  # noqa: E402
 from finops.ledger import to_us, units_to_eur  # noqa: E402

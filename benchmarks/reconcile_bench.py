@@ -26,7 +26,6 @@ from scratch_db import scratch_database
 from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from cluster.clouds.base import NotFound, cluster_tag
 from cluster.clouds.scaleway import ScalewayCloud, ScalewayConfig
 from cluster.fake_scaleway import (
     FAKE_ACCESS_KEY,
@@ -36,9 +35,10 @@ from cluster.fake_scaleway import (
     serve_in_thread,
 )
 from control_api import bootstrap, migrate
-from control_api.db import make_engine, make_sessionmaker
-from control_api.models import BillingInterval, Instance, InstanceState
 from control_api.reconciler import Reconciler, ReconcileSettings
+from core.clouds import NotFound, cluster_tag
+from core.db import make_engine, make_sessionmaker
+from core.models import BillingInterval, Instance, InstanceState
 
 ZONES = ("fr-par-2", "pl-waw-2")
 CLUSTER = "bench"

@@ -15,7 +15,6 @@ import time
 
 from scaleway_core.client import Client
 
-from cluster.clouds.base import cluster_tag
 from cluster.clouds.scaleway import ScalewayCloud, ScalewayConfig
 from cluster.fake_scaleway import (
     FAKE_ACCESS_KEY,
@@ -24,6 +23,7 @@ from cluster.fake_scaleway import (
     FakeState,
     serve_in_thread,
 )
+from core.clouds import cluster_tag
 
 ZONES = ("fr-par-2", "pl-waw-2")
 

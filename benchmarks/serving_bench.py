@@ -129,7 +129,7 @@ def control_api(db_url: str, data_dir: str) -> Iterator[str]:
 
 def bench_spec(engine: str, model_dir: Path, token_delay_s: float, max_num_seqs: int) -> Any:
     """One chat deployment of the tiny model; the null engine replaces vLLM via the env."""
-    from serve_apps.spec import DeploymentFile
+    from core.spec import DeploymentFile
 
     env: dict[str, str] = {}
     if engine == "null":
@@ -605,8 +605,8 @@ def wait_usage(db_url: str, api_key_id: Any, expected: int, timeout_s: float) ->
     """Usage records of the bench key once ``expected`` arrived (or the timeout passed)."""
     from sqlalchemy import func, select
 
-    from control_api.db import make_engine
-    from control_api.models import UsageRecord
+    from core.db import make_engine
+    from core.models import UsageRecord
 
     engine = make_engine(db_url)
     try:

@@ -38,12 +38,12 @@ def sync(
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cluster.clouds.base import CloudError
     from cluster.clouds.scaleway import ScalewayCloud, ScalewayConfig
     from control_api.catalog_sync import run_sync
-    from control_api.db import make_engine, make_sessionmaker
-    from control_api.models import Zone
     from control_api.settings import Settings
+    from core.clouds import CloudError
+    from core.db import make_engine, make_sessionmaker
+    from core.models import Zone
 
     engine = make_engine(Settings().resolved_database_url())
     try:

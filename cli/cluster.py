@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from cli.output import JsonOpt, fail, info, print_json, print_table
-from cluster.clouds.base import CloudError
 from cluster.cluster_config import ClusterConfigError, ClusterFile, load_cluster
 from cluster.head import (
     HeadError,
@@ -20,6 +19,7 @@ from cluster.head import (
     up_local,
     up_scaleway,
 )
+from core.clouds import CloudError
 
 app = typer.Typer(help="Ray clusters: start the head (local process or Scaleway VM), stop "
                        "everything, show nodes.", no_args_is_help=True)

@@ -14,8 +14,8 @@ app = typer.Typer(help="Database migrations (INVENTIV_DATABASE_URL, default SQLi
 
 
 def _engine() -> Engine:
-    from control_api.db import make_engine
     from control_api.settings import Settings
+    from core.db import make_engine
 
     return make_engine(Settings().resolved_database_url())
 

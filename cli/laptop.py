@@ -569,9 +569,9 @@ def deploy_files(client: Any, files: Sequence[Path], say: Say) -> None:
 def up(opts: UpOptions, say: Say | None = None) -> UpResult:
     """Start (or find running) the control API, the Ray head and the Serve app; return the
     endpoints and key once the OpenAI endpoint answers. Idempotent."""
-    from cluster.clouds.base import CloudError
     from cluster.head import HeadError, ensure_token, up_local
     from control_api.client.api import ControlApiClient, ControlApiError
+    from core.clouds import CloudError
     from serve_apps.tiny_model import cached_tiny_model
 
     say = say or (lambda _m: None)

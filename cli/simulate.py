@@ -33,7 +33,7 @@ from autoscaler.simulator import (
 )
 from autoscaler.traces import TraceError, load_trace
 from cli.output import JsonOpt, fail, print_json, print_table
-from serve_apps.spec import SpecError, load_spec_file
+from core.spec import SpecError, load_spec_file
 
 # Figures compared side by side, in table order: (key, label).
 FIGURES = [

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from cluster.bootstrap import systemd_quote
-from cluster.clouds.base import CloudInstance, LaunchRequest
 from cluster.clouds.local import (
     LocalCloud,
     LocalConfig,
@@ -53,6 +52,7 @@ from cluster.cluster_config import (
     dump_ray_config,
     render_ray_config,
 )
+from core.clouds import CloudInstance, LaunchRequest
 
 log = logging.getLogger(__name__)
 

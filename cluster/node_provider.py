@@ -58,7 +58,7 @@ from ray.autoscaler.tags import (
 )
 
 from cluster.bootstrap import NodeBootstrap, render_cloud_init
-from cluster.clouds.base import (
+from core.clouds import (
     Cloud,
     CloudError,
     CloudInstance,
@@ -133,7 +133,7 @@ class LifecycleReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
-            from control_api.schemas.internal import LifecycleEventIn
+            from core.wire import LifecycleEventIn
             self._model: Any = LifecycleEventIn
         except ImportError:  # the control API package is optional on a worker image
             self._model = None

@@ -13,8 +13,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_api import bootstrap, migrate
 from control_api.background import PeriodicJobs, finops_refresh
-from control_api.db import make_engine, make_sessionmaker, session_scope
 from control_api.errors import ERROR_RESPONSES, error_body, install_error_handlers
+from control_api.ports import NO_DATA_PLANE, DataPlane
 from control_api.reconciler import reconciler_from_env, start_reconciler_thread
 from control_api.routes import (
     action_logs,
@@ -35,6 +35,7 @@ from control_api.security import JwtCodec, Passwords
 from control_api.serve_client import client_from_settings
 from control_api.services.deployments import serve_sync_job
 from control_api.settings import Settings, get_settings
+from core.db import make_engine, make_sessionmaker, session_scope
 from finops import metrics as finops_metrics
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,12 @@ async def _send_413(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the lifespan migrates the database and bootstraps admin and catalog."""
+def create_app(settings: Settings | None = None, *, plane: DataPlane | None = None) -> FastAPI:
+    """Build the app; the lifespan migrates the database and bootstraps admin and catalog.
+
+    ``plane``: the data plane's adapters (clouds to reconcile, the Serve config renderer), wired
+    by the composition root (:func:`cli.compose.control_api_app`); none by default.
+    """
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url())
 
@@ -124,7 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Re-applies the desired deployments after a Serve restart or a failed apply.
             # Also the budget guard: a change of a deployment's scale-up cap is applied here.
             serve_jobs = PeriodicJobs(app.state.sessionmaker,
-                                      {"serve_sync": serve_sync_job(app.state.serve_client)},
+                                      {"serve_sync": serve_sync_job(app.state.serve_client,
+                                                                   app.state.plane)},
                                       settings.serve_sync_seconds)
             serve_jobs.start()
         app.state.jobs = jobs
@@ -156,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.plane = plane or NO_DATA_PLANE
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.passwords = Passwords(settings.argon2_time_cost, settings.argon2_memory_cost,

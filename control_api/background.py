@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.db import session_scope, utcnow
+from core.db import session_scope, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ import yaml
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import (
+from control_api.security import Passwords
+from core.models import (
     ActionLog,
     Availability,
     InstanceType,
@@ -27,7 +28,6 @@ from control_api.models import (
     Zone,
     ZoneAvailability,
 )
-from control_api.security import Passwords
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "configs" / "catalog" / "seed.yaml"
 # Prices of the seed are in force from this instant (before any instance can exist).

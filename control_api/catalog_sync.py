@@ -1,6 +1,6 @@
 """Catalog sync: store a cloud's live instance types, prices and availability.
 
-From :meth:`cluster.clouds.base.Cloud.catalog` offers (one per type x zone):
+From :meth:`core.clouds.Cloud.catalog` offers (one per type x zone):
 - instance types are upserted (GPU count/model/VRAM, vCPUs, RAM; ``ray_resources`` are kept, and
   derived only for a new GPU type: ``{"GPU": n, "accelerator_type:<model>": 1}``);
 - a price row (``effective_from = now``) is added only when the hourly price differs from the
@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cluster.clouds.base import Offer
-from control_api.db import utcnow
-from control_api.models import (
+from core.clouds import Offer
+from core.db import utcnow
+from core.models import (
     ActionLog,
     Availability,
     InstanceType,

@@ -12,11 +12,12 @@ from fastapi import Depends, Request
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
 from control_api.errors import Forbidden, NotFound, Unauthorized
-from control_api.models import Membership, Role, ServiceToken, User, UserSession
-from control_api.security import JwtCodec, Passwords, TokenError, sha256_hex
+from control_api.security import JwtCodec, Passwords, TokenError
 from control_api.settings import Settings
+from core.db import utcnow
+from core.keys import sha256_hex
+from core.models import Membership, Role, ServiceToken, User, UserSession
 
 
 def get_settings_dep(request: Request) -> Settings:

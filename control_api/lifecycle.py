@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
 from control_api.errors import InvalidTransition, NotFound
-from control_api.models import (
+from core.db import utcnow
+from core.models import (
     ActionLog,
     BillingInterval,
     Instance,

@@ -54,9 +54,6 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cluster.clouds.base import Cloud, CloudError, CloudInstance, InstanceStatus
-from cluster.clouds.base import NotFound as CloudNotFound
-from control_api.db import utcnow
 from control_api.errors import InvalidTransition
 from control_api.lifecycle import (
     close_billing_interval,
@@ -64,7 +61,10 @@ from control_api.lifecycle import (
     open_billing_interval,
     transition,
 )
-from control_api.models import (
+from core.clouds import Cloud, CloudError, CloudInstance, InstanceStatus
+from core.clouds import NotFound as CloudNotFound
+from core.db import utcnow
+from core.models import (
     ActionLog,
     BillingInterval,
     Instance,

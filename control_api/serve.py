@@ -18,9 +18,9 @@ from pydantic import SecretStr
 from sqlalchemy import inspect, select
 
 from control_api.app import create_app
-from control_api.db import make_engine
-from control_api.models import User
 from control_api.settings import Settings, get_settings
+from core.db import make_engine
+from core.models import User
 
 ADMIN_PASSWORD_FILE = "admin_password"  # noqa: S105 (a file name)
 

@@ -16,10 +16,10 @@ from fastapi import Request
 from sqlalchemy import delete, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from control_api.db import utcnow
 from control_api.errors import TooManyRequests
-from control_api.models import LoginAttempt
 from control_api.settings import Settings
+from core.db import utcnow
+from core.models import LoginAttempt
 
 Clock = Callable[[], datetime]
 

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import ActionLog, Budget, BudgetScope, BudgetState, Deployment, Org
+from core.models import ActionLog, Budget, BudgetScope, BudgetState, Deployment, Org
 from finops.chargeback import chargeback
 from finops.costs import window_costs_units
 from finops.deployments import token_price_override

@@ -17,7 +17,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import Deployment, Org
+from core.models import Deployment, Org
 from finops.costs import window_costs_units
 from finops.ledger import CENT, largest_remainder, to_us, units_to_eur
 from finops.usage import usage_totals

@@ -41,8 +41,8 @@ def _serve(app: object) -> tuple[uvicorn.Server, str]:
 def main() -> None:
     from cli.main import app as cli_app
     from control_api.app import create_app
-    from control_api.models import Deployment, Org
     from control_api.settings import Settings
+    from core.models import Deployment, Org
 
     data = Path(tempfile.mkdtemp(prefix="inventiv-finops-demo-"))
     settings = Settings(data_dir=data, admin_password=ADMIN_PASSWORD,  # type: ignore[arg-type]

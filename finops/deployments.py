@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import Deployment
+from core.models import Deployment
 from finops.ledger import BillingRule, PriceSchedule, interval_cost_units, to_us
 from finops.queries import fetch_intervals, load_prices, load_rules
 

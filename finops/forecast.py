@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import Deployment, InstanceType
+from core.models import Deployment, InstanceType
 from finops.ledger import MICRO, PriceSchedule, to_us, units_to_eur
 from finops.queries import load_prices
 

@@ -17,8 +17,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.db import session_scope, utcnow
-from control_api.models import Budget, Deployment
+from core.db import session_scope, utcnow
+from core.models import Budget, Deployment
 from finops.budgets import budget_ratio, current_scale_caps, evaluate_budgets
 from finops.costs import burn_rate, window_costs_units
 from finops.ledger import EPOCH, to_us, units_to_eur

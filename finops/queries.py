@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from control_api.models import BillingInterval, InstanceType, InstanceTypePrice, Provider
+from core.models import BillingInterval, InstanceType, InstanceTypePrice, Provider
 from finops.ledger import US_PER_SECOND, BillingRule, Interval, PriceSchedule
 
 

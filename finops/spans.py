@@ -24,8 +24,8 @@ from sqlalchemy import delete, insert, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
-from control_api.models import (
+from core.db import utcnow
+from core.models import (
     LEDGER_PENDING,
     BillingInterval,
     CostDaily,
@@ -151,7 +151,7 @@ def _closed_contributions(session: Session, where: list[object]) -> dict[tuple[i
 
 
 def _price_points(session: Session) -> dict[str, list[tuple[int, int]]]:
-    from control_api.models import InstanceTypePrice
+    from core.models import InstanceTypePrice
 
     rows = session.execute(
         select(InstanceType.provider_code, InstanceType.name, InstanceTypePrice.effective_from,

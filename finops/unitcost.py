@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.models import Deployment
+from core.models import Deployment
 from finops.costs import bucketize, fetch_span_rows
 from finops.deployments import token_price_override
 from finops.ledger import EUR_QUANTUM, UNITS_PER_EUR, to_us, units_to_eur

@@ -23,7 +23,7 @@ from sqlalchemy import ColumnElement, func, literal, select, text, union_all, up
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from control_api.models import UsageHourly, UsageRecord
+from core.models import UsageHourly, UsageRecord
 
 USAGE_GROUPS = ("api_key", "user", "org", "model", "deployment")
 HOUR = timedelta(hours=1)

@@ -25,8 +25,8 @@ from control_api.client.internal import (
     InternalApiError,
     KeyRejected,
 )
-from control_api.schemas.internal import KeyVerifyResult
-from control_api.security import api_key_well_formed, sha256_hex
+from core.keys import api_key_well_formed, sha256_hex
+from core.wire import KeyVerifyResult
 from serve_apps import protocol
 
 

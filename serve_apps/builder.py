@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.nodetypes import NoFit, Offer, offer_from_dict, rank_accelerators, seed_offers
 from autoscaler.serve_policy import serve_autoscaling_config
-from serve_apps.spec import DeploymentFile, DeploymentSpec
+from core.spec import DeploymentFile, DeploymentSpec
 
 BUILTIN_PREFIX = "builtin:"
 # Environment of every engine replica: nothing is downloaded, nothing is reported.

@@ -54,13 +54,13 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.llm.ingress import OpenAiIngress
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from core.spec import DeploymentFile, DeploymentSpec, PriceSpec
 from serve_apps import limits as lim
 from serve_apps import protocol
 from serve_apps.auth import KeyCache, Principal
 from serve_apps.builder import IngressOptions
 from serve_apps.metering import Meter, SpoolAdopter, claim_slot, metered_stream
 from serve_apps.ratelimit import LeaseBook, SettleBatcher, Settlement
-from serve_apps.spec import DeploymentFile, DeploymentSpec, PriceSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from core.spec import LimitsSpec
 from serve_apps import protocol
-from serve_apps.spec import LimitsSpec
 
 _SAMPLING = frozenset({
     "model", "stream", "stream_options", "temperature", "top_p", "stop", "seed", "user",

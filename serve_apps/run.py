@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from core.spec import DeploymentFile, SpecError, load_spec_file
 from serve_apps.builder import REPLICA_ACTOR_CPUS, IngressOptions, build_app
-from serve_apps.spec import DeploymentFile, SpecError, load_spec_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

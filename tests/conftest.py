@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_api import migrate
 from control_api.app import create_app
-from control_api.db import Base, make_engine, make_sessionmaker, utcnow
-from control_api.models import Membership, Org, Role, User, UserSession
 from control_api.settings import Settings
+from core.db import Base, make_engine, make_sessionmaker, utcnow
+from core.models import Membership, Org, Role, User, UserSession
 
 PG_ADMIN_URL = os.environ.get(
     "INVENTIV_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

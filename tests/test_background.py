@@ -9,7 +9,7 @@ from decimal import Decimal
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.background import PeriodicJobs, finops_refresh
-from control_api.models import Budget, BudgetScope, BudgetState, Org
+from core.models import Budget, BudgetScope, BudgetState, Org
 
 NOW = datetime(2026, 11, 15, 12, tzinfo=UTC)
 

@@ -14,7 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_api import bootstrap
 from control_api.app import create_app
-from control_api.models import (
+from control_api.security import Passwords
+from control_api.settings import Settings
+from core.models import (
     ActionLog,
     InstanceType,
     InstanceTypePrice,
@@ -26,8 +28,6 @@ from control_api.models import (
     Zone,
     ZoneAvailability,
 )
-from control_api.security import Passwords
-from control_api.settings import Settings
 
 # The figures of issue 2, EUR/h excluding VAT. Written out here, not read from the seed file.
 SCALEWAY_PRICES = {

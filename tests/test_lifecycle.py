@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from control_api import lifecycle
 from control_api.errors import InvalidTransition, NotFound
 from control_api.lifecycle import ConcurrentModification, transition
-from control_api.models import (
+from core.models import (
     ActionLog,
     BillingInterval,
     Instance,

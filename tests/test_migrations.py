@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import inspect
 
 from control_api import migrate
-from control_api.db import Base, make_engine
+from core.db import Base, make_engine
 
 
 def test_upgrade_downgrade_upgrade_and_check(db_url: str) -> None:

@@ -19,16 +19,10 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.app import create_app
-from control_api.models import ApiKey, Role, User, UserSession
-from control_api.security import (
-    BASE62,
-    KEY_PREFIX,
-    Passwords,
-    api_key_well_formed,
-    generate_api_key,
-    sha256_hex,
-)
+from control_api.security import Passwords
 from control_api.settings import Settings
+from core.keys import BASE62, KEY_PREFIX, api_key_well_formed, generate_api_key, sha256_hex
+from core.models import ApiKey, Role, User, UserSession
 from tests.conftest import Factory
 
 # ---------------------------------------------------------------- JWTs

@@ -27,7 +27,6 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import ActionLog, Budget, BudgetScope, Deployment
 from control_api.serve_client import (
     ServeAuthError,
     ServeClient,
@@ -38,8 +37,9 @@ from control_api.serve_client import (
 )
 from control_api.services import deployments as svc
 from control_api.settings import Settings
+from core.models import ActionLog, Budget, BudgetScope, Deployment
+from core.spec import parse_spec
 from finops.budgets import current_scale_caps, evaluate_budgets
-from serve_apps.spec import parse_spec
 from tests.conftest import _postgres_available
 
 REPO = Path(__file__).resolve().parent.parent

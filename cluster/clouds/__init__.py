@@ -1,6 +1,6 @@
-"""Cloud adapters behind one protocol (:mod:`cluster.clouds.base`)."""
+"""Cloud adapters behind one protocol (:mod:`core.clouds`)."""
 
-from cluster.clouds.base import (
+from core.clouds import (
     AuthError,
     BootFailed,
     BootTimeout,

@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from cluster.bootstrap import BootstrapError, NodeBootstrap
-from cluster.clouds.base import (
+from core.clouds import (
     TAG_CLUSTER,
     TAG_LAUNCH,
     TAG_NODE_TYPE,

@@ -1,4 +1,4 @@
-"""Scaleway adapter: the real ``scaleway`` SDK (2.12) behind :class:`cluster.clouds.base.Cloud`.
+"""Scaleway adapter: the real ``scaleway`` SDK (2.12) behind :class:`core.clouds.Cloud`.
 
 What the SDK does not do, this module does:
 - an HTTP timeout on every call: the SDK calls ``requests.request`` with none, so our API
@@ -6,7 +6,7 @@ What the SDK does not do, this module does:
   ``requests.Session`` with ``timeout=(connect, read)``;
 - bounded retries with exponential backoff, for safe calls only (list, get, delete, actions on an
   existing id, user data): a create is never retried blindly;
-- errors mapped once, here, to :mod:`cluster.clouds.base` classes (``ScalewayException`` body
+- errors mapped once, here, to :mod:`core.clouds` classes (``ScalewayException`` body
   ``type``, the legacy "Quota exceeded for this resource." message, non-JSON bodies, timeouts);
 - our own boot waiter with a deadline (injectable clock and sleep), not the SDK's.
 
@@ -44,7 +44,7 @@ from scaleway.ipam.v1 import IpamV1API
 from scaleway_core.api import ScalewayException
 from scaleway_core.client import Client
 
-from cluster.clouds.base import (
+from core.clouds import (
     TAG_CLUSTER,
     TAG_LAUNCH,
     TAG_NODE_TYPE,

@@ -28,7 +28,7 @@ import httpx
 from pydantic import BaseModel
 
 from control_api.client.spool import KINDS, Spool, SpoolFull
-from control_api.schemas.internal import (
+from core.wire import (
     MAX_LIFECYCLE_EVENTS,
     MAX_USAGE_RECORDS,
     KeyVerifyRequest,

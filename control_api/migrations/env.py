@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-import control_api.models  # noqa: F401  (registers the tables)
-from control_api.db import Base
+import core.models  # noqa: F401  (registers the tables)
+from core.db import Base
 
 config = context.config
 target_metadata = Base.metadata

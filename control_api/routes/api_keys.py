@@ -6,11 +6,11 @@ import uuid
 
 from fastapi import APIRouter
 
-from control_api.db import utcnow
 from control_api.deps import PrincipalDep, SessionDep, access
-from control_api.models import ApiKey
 from control_api.schemas.identity import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyOut
 from control_api.services import identity
+from core.db import utcnow
+from core.models import ApiKey
 
 router = APIRouter(prefix="/api/api-keys", tags=["api-keys"])
 

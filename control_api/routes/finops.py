@@ -14,9 +14,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from control_api.deps import AdminDep, PrincipalDep, SessionDep, access
-from control_api.models import BudgetScope
 from control_api.schemas import finops as sch
 from control_api.services import finops as svc
+from core.models import BudgetScope
 
 router = APIRouter(prefix="/api/finops", tags=["finops"])
 

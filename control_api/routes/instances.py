@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
 from control_api.errors import InvalidTransition, NotFound
 from control_api.lifecycle import FINAL_STATES, transition
-from control_api.models import Instance, InstanceState
 from control_api.pagination import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -21,6 +20,7 @@ from control_api.pagination import (
     page,
 )
 from control_api.schemas.instances import InstanceDetail, InstanceList, InstanceOut, TerminateIn
+from core.models import Instance, InstanceState
 
 router = APIRouter(prefix="/api/instances", tags=["instances"])
 

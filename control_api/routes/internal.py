@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from control_api.db import utcnow
 from control_api.deps import ServiceDep, SessionDep, access
-from control_api.schemas.internal import (
+from control_api.services import internal as service
+from core.db import utcnow
+from core.wire import (
     KeyVerifyRequest,
     KeyVerifyResult,
     LifecycleEventsRequest,
@@ -17,7 +18,6 @@ from control_api.schemas.internal import (
     UsageRequest,
     UsageResult,
 )
-from control_api.services import internal as service
 
 router = APIRouter(prefix="/api/internal", tags=["internal"])
 

@@ -7,7 +7,6 @@ import uuid
 from fastapi import APIRouter, Response
 
 from control_api.deps import AdminDep, PrincipalDep, SessionDep, access
-from control_api.models import Membership, Org, Role, User
 from control_api.schemas.identity import (
     MemberAdd,
     MemberList,
@@ -19,6 +18,7 @@ from control_api.schemas.identity import (
     OrgUpdate,
 )
 from control_api.services import identity
+from core.models import Membership, Org, Role, User
 
 router = APIRouter(prefix="/api/orgs", tags=["orgs"])
 

@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from control_api.deps import AdminDep, SessionDep, access
 from control_api.errors import Conflict, NotFound
-from control_api.models import ActionLog
 from control_api.reconciler import Reconciler, reconciler_from_env
+from core.models import ActionLog
 
 router = APIRouter(prefix="/api/reconcile", tags=["reconcile"])
 _build_lock = threading.Lock()

@@ -8,7 +8,6 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from control_api.deps import AdminDep, SessionDep, access
-from control_api.models import ServiceToken
 from control_api.schemas.identity import (
     ServiceTokenCreate,
     ServiceTokenCreated,
@@ -16,6 +15,7 @@ from control_api.schemas.identity import (
     ServiceTokenOut,
 )
 from control_api.services import identity
+from core.models import ServiceToken
 
 router = APIRouter(prefix="/api/service-tokens", tags=["service-tokens"])
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Response
 from sqlalchemy import select
 
 from control_api.deps import AdminDep, PasswordsDep, PrincipalDep, SessionDep, access
-from control_api.models import User
 from control_api.schemas.identity import UserCreate, UserList, UserOut, UserUpdate
 from control_api.services import identity
+from core.models import User
 
 router = APIRouter(prefix="/api/users", tags=["users"])
 

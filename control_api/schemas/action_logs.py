@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from control_api.models import ActionLog
 from control_api.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT, UtcDatetime
 from control_api.services.action_logs import LogFilters
+from core.models import ActionLog
 
 
 class ActionLogQuery(BaseModel):

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from control_api.models import Availability, InstanceTypePrice, Provider, Zone
 from control_api.pagination import UtcDatetime
 from control_api.services.catalog import InstanceTypeView
+from core.models import Availability, InstanceTypePrice, Provider, Zone
 
 
 def money_str(value: Decimal) -> str:

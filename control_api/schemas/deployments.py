@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from control_api.models import Deployment
+from core.models import Deployment
 
 MAX_YAML_CHARS = 256 * 1024
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_api.models import BudgetScope, BudgetState
+from core.models import BudgetScope, BudgetState
 
 
 class Out(BaseModel):

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from control_api.models import Role
+from core.models import Role
 
 # Usernames never contain "@", so the login field can tell a username from an email.
 Username = Annotated[

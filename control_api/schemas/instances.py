@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from control_api.models import BillingInterval, Instance, InstanceState, InstanceStateHistory
+from core.models import BillingInterval, Instance, InstanceState, InstanceStateHistory
 
 
 class InstanceOut(BaseModel):

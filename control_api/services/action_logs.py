@@ -11,8 +11,8 @@ from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from control_api.deps import Principal
-from control_api.models import ActionLog
 from control_api.pagination import after_cursor, decode_cursor, page
+from core.models import ActionLog
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from control_api.errors import Conflict, NotFound
-from control_api.models import (
+from core.models import (
     ActionLog,
     InstanceType,
     InstanceTypePrice,

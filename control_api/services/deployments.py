@@ -33,10 +33,16 @@ from sqlalchemy.orm import Session
 
 from autoscaler.serve_policy import serve_autoscaling_config
 from autoscaler.startup import StartupEstimate, estimate_replica_start
-from control_api.db import utcnow
 from control_api.deps import Principal
 from control_api.errors import Conflict, NotFound, Unprocessable
-from control_api.models import (
+from control_api.serve_client import (
+    ServeClient,
+    ServeError,
+    ServeTarget,
+    ServeUnreachable,
+)
+from core.db import utcnow
+from core.models import (
     ActionLog,
     Deployment,
     Instance,
@@ -46,14 +52,8 @@ from control_api.models import (
     Model,
     Org,
 )
-from control_api.serve_client import (
-    ServeClient,
-    ServeError,
-    ServeTarget,
-    ServeUnreachable,
-)
+from core.spec import DeploymentFile, DeploymentSpec, SpecError, SpecIssue, parse_spec
 from finops.budgets import CAP_ENDED, CAP_STARTED, ScaleCap, current_scale_caps, scale_up_blocks
-from serve_apps.spec import DeploymentFile, DeploymentSpec, SpecError, SpecIssue, parse_spec
 
 COMPONENT = "control_api"
 INVALID = "invalid_deployment"
@@ -599,7 +599,7 @@ def _short(text: str, limit: int = 2000) -> str | None:
     return f"{first} ... {text[-(limit - len(first) - 5):]}"
 
 
-def serve_sync_job(serve_client: ServeClient | None) -> Any:
+def serve_sync_job(serve_client: ServeClient | None, plane: Any = None) -> Any:
     """A ``PeriodicJobs`` job: start or end budget caps (:func:`update_scale_caps`), then
     re-apply when Serve's applications differ from the desired state (Serve restarted, someone
     deployed by hand, a cap started or ended) or when a deployment is not applied yet

@@ -22,11 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
 from control_api.deps import Principal
 from control_api.errors import Conflict, NotFound, Unprocessable
-from control_api.models import ApiKey, Budget, BudgetScope, Deployment, Instance, Org, Role
 from control_api.schemas import finops as sch
+from core.db import utcnow
+from core.models import ApiKey, Budget, BudgetScope, Deployment, Instance, Org, Role
 from finops import budgets as fb
 from finops.chargeback import chargeback as compute_chargeback
 from finops.costs import GROUP_COLUMNS, bucketize, burn_rate, fetch_span_rows, window_costs_units

@@ -17,7 +17,6 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
 from control_api.deps import Principal
 from control_api.errors import (
     BadRequest,
@@ -28,7 +27,11 @@ from control_api.errors import (
     Unauthorized,
     Unprocessable,
 )
-from control_api.models import (
+from control_api.security import JwtCodec, Passwords
+from control_api.throttle import LoginThrottle
+from core.db import utcnow
+from core.keys import generate_api_key, generate_service_token
+from core.models import (
     ActionLog,
     ApiKey,
     Membership,
@@ -38,13 +41,6 @@ from control_api.models import (
     User,
     UserSession,
 )
-from control_api.security import (
-    JwtCodec,
-    Passwords,
-    generate_api_key,
-    generate_service_token,
-)
-from control_api.throttle import LoginThrottle
 
 COMPONENT = "control_api"
 

@@ -18,7 +18,6 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
 from control_api.errors import NotFound
 from control_api.lifecycle import (
     ConcurrentModification,
@@ -28,7 +27,8 @@ from control_api.lifecycle import (
     open_billing_interval,
     transition,
 )
-from control_api.models import (
+from core.db import utcnow
+from core.models import (
     ActionLog,
     ApiKey,
     BillingInterval,
@@ -41,7 +41,7 @@ from control_api.models import (
     UsageRecord,
     User,
 )
-from control_api.schemas.internal import (
+from core.wire import (
     EventRejection,
     KeyVerifyResult,
     LifecycleEventIn,

@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from control_api.db import utcnow
-from control_api.models import (
+from control_api.serve_client import ServeClient, ServeTarget
+from control_api.services import deployments as svc
+from core.db import utcnow
+from core.models import (
     ActionLog,
     Budget,
     BudgetScope,
@@ -26,8 +28,6 @@ from control_api.models import (
     InstanceStateHistory,
     Model,
 )
-from control_api.serve_client import ServeClient, ServeTarget
-from control_api.services import deployments as svc
 from finops.budgets import CAP_ENDED, CAP_STARTED, evaluate_budgets
 from tests.conftest import Factory
 

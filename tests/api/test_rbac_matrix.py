@@ -33,14 +33,14 @@ from pydantic import TypeAdapter
 from sqlalchemy import select
 
 from control_api.deps import ACCESS_LEVELS
-from control_api.models import (
+from core.keys import generate_api_key, generate_service_token
+from core.models import (
     ApiKey,
     Instance,
     InstanceType,
     Role,
     ServiceToken,
 )
-from control_api.security import generate_api_key, generate_service_token
 from tests.conftest import SERVICE_TOKEN, Factory, TestUser
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

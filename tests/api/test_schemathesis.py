@@ -29,9 +29,9 @@ from schemathesis.python import asgi as st_asgi
 from sqlalchemy import Engine, select
 
 from control_api.app import create_app
-from control_api.db import utcnow
-from control_api.models import User, UserSession
 from control_api.settings import Settings
+from core.db import utcnow
+from core.models import User, UserSession
 from tests.conftest import ADMIN_PASSWORD, JWT_SECRET, SERVICE_TOKEN, truncate_all
 
 # Per operation and generation phase; keeps the whole run within a couple of minutes on 2 cores.

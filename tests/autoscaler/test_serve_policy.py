@@ -20,7 +20,7 @@ from autoscaler.serve_policy import (
     InventivPolicy,
     serve_autoscaling_config,
 )
-from serve_apps.spec import AutoscalingSpec
+from core.spec import AutoscalingSpec
 from tests.client.conftest import free_port
 
 

@@ -40,14 +40,14 @@ from autoscaler.traces import (
     parse_trace,
 )
 from control_api import bootstrap
-from control_api.db import make_engine, make_sessionmaker
-from control_api.models import BillingInterval, InstanceState
-from control_api.schemas.internal import LifecycleEventIn
 from control_api.services.internal import apply_lifecycle_events
+from core.db import make_engine, make_sessionmaker
+from core.models import BillingInterval, InstanceState
+from core.spec import load_spec_file
+from core.wire import LifecycleEventIn
 from finops.costs import window_costs_units
 from finops.ledger import to_us, units_to_eur
 from finops.spans import sync_spans
-from serve_apps.spec import load_spec_file
 from tests.conftest import migrated_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]

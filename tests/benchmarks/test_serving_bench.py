@@ -42,8 +42,8 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def llm_config(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A real ``LLMConfig`` of the tiny model, as ``build_app`` makes it."""
+    from core.spec import DeploymentFile
     from serve_apps.builder import build_llm_configs
-    from serve_apps.spec import DeploymentFile
     from serve_apps.tiny_model import cached_tiny_model
 
     spec = DeploymentFile.model_validate({"version": 1, "deployments": [{

@@ -21,8 +21,8 @@ from control_api.client.api import (
     ControlApiUnreachable,
     LoginResult,
 )
-from control_api.models import ActionLog, Org
 from control_api.settings import Settings
+from core.models import ActionLog, Org
 from tests.cli.conftest import (
     LiveServer,
     ServerThread,

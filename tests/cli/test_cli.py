@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import (
+from core.models import (
     ActionLog,
     BillingInterval,
     Instance,

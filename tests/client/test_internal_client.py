@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.client import InternalApiError, InternalClient, KeyRejected
 from control_api.client.internal import exponential_backoff
-from control_api.models import (
+from core.keys import generate_api_key
+from core.models import (
     ActionLog,
     ApiKey,
     Instance,
@@ -26,8 +27,7 @@ from control_api.models import (
     ProcessedEvent,
     UsageRecord,
 )
-from control_api.schemas.internal import LifecycleEventIn, UsageRecordIn
-from control_api.security import generate_api_key
+from core.wire import LifecycleEventIn, UsageRecordIn
 from tests.client.conftest import FaultyProxy, ServerThread
 from tests.conftest import SERVICE_TOKEN
 

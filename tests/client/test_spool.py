@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.client import InternalClient, Spool, SpoolFull
-from control_api.models import (
+from core.models import (
     BillingInterval,
     Instance,
     InstanceState,
@@ -23,7 +23,7 @@ from control_api.models import (
     ProcessedEvent,
     UsageRecord,
 )
-from control_api.schemas.internal import LifecycleEventIn, UsageRecordIn
+from core.wire import LifecycleEventIn, UsageRecordIn
 from tests.client.conftest import FaultyProxy, Servers, ServerThread, free_port
 from tests.conftest import SERVICE_TOKEN
 

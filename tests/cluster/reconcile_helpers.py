@@ -11,18 +11,18 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cluster.clouds.base import CloudInstance, LaunchRequest
 from cluster.clouds.scaleway import ScalewayCloud
 from control_api import bootstrap
 from control_api.lifecycle import deadline_for, open_billing_interval
-from control_api.models import (
+from control_api.reconciler import Reconciler, ReconcileSettings
+from core.clouds import CloudInstance, LaunchRequest
+from core.models import (
     ActionLog,
     BillingInterval,
     Instance,
     InstanceState,
     InstanceStateHistory,
 )
-from control_api.reconciler import Reconciler, ReconcileSettings
 from tests.cluster.conftest import ScwEnv
 
 CLUSTER = "c1"

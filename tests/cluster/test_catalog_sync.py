@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 from cli.catalog import app as catalog_cli
 from control_api import bootstrap
 from control_api.catalog_sync import run_sync
-from control_api.models import (
+from control_api.settings import Settings
+from core.models import (
     ActionLog,
     Availability,
     InstanceType,
     InstanceTypePrice,
     ZoneAvailability,
 )
-from control_api.settings import Settings
 from tests.cluster.conftest import ScwEnv
 from tests.cluster.reconcile_helpers import seed_catalog, snapshot
 

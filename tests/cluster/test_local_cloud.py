@@ -15,13 +15,6 @@ from pathlib import Path
 import pytest
 
 from cluster.bootstrap import NodeBootstrap, render_unit, systemd_quote
-from cluster.clouds.base import (
-    Cloud,
-    InstanceStatus,
-    InvalidRequest,
-    NotFound,
-    QuotaExceeded,
-)
 from cluster.clouds.local import (
     MARK_INSTANCE,
     MARK_STATE_DIR,
@@ -31,6 +24,13 @@ from cluster.clouds.local import (
     load_local_catalog,
     local_launch_request,
     process_alive,
+)
+from core.clouds import (
+    Cloud,
+    InstanceStatus,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
 )
 
 # Writes its argv and environment, optionally ignores SIGTERM and/or leaves a child in a

@@ -147,7 +147,7 @@ def test_head_is_listed_as_head_and_never_terminated(
 
 
 def test_a_head_vm_of_the_cluster_is_listed_as_head_too(h: Harness) -> None:
-    from cluster.clouds.base import LaunchRequest
+    from core.clouds import LaunchRequest
 
     cloud = h.scw.cloud()
     cloud.create(LaunchRequest(launch_id="vm-head", cluster_name=CLUSTER, node_type="head",
@@ -207,7 +207,7 @@ def test_lifecycle_events_are_spooled_in_order_when_the_control_api_is_down(h: H
 
 
 def test_spooled_events_are_valid_for_the_control_api_schema(h: Harness) -> None:
-    from control_api.schemas.internal import LifecycleEventsRequest
+    from core.wire import LifecycleEventsRequest
 
     h.create()
     for path in sorted((h.spool / "lifecycle").glob("[0-9]*.json")):

@@ -23,14 +23,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cluster.clouds.local import LocalCloud, LocalConfig, find_marked
-from control_api.models import (
+from control_api.settings import Settings
+from core.models import (
     ActionLog,
     BillingInterval,
     Instance,
     InstanceState,
     InstanceStateHistory,
 )
-from control_api.settings import Settings
 from tests.cluster.ray_fixtures import (  # noqa: F401 (fixtures)
     NODE_TYPE,
     LocalRayCluster,

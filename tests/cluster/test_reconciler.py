@@ -14,8 +14,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from cluster.clouds.base import cluster_tag, launch_tag
-from control_api.models import InstanceState
 from control_api.reconciler import (
     ADVISORY_LOCK_KEY,
     Reconciler,
@@ -23,6 +21,8 @@ from control_api.reconciler import (
     start_reconciler_thread,
 )
 from control_api.routes import reconcile as reconcile_routes
+from core.clouds import cluster_tag, launch_tag
+from core.models import InstanceState
 from tests.cluster.conftest import ScwEnv
 from tests.cluster.reconcile_helpers import (
     CLUSTER,

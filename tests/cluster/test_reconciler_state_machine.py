@@ -38,14 +38,14 @@ from ray.autoscaler.tags import TAG_RAY_USER_NODE_TYPE
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
-from cluster.clouds.base import TAG_LAUNCH, CloudError, LaunchRequest, parse_tags
 from cluster.fake_scaleway import FakeClock, FakeConfig, FakeScaleway
 from cluster.node_provider import InventivNodeProvider, LifecycleReporter
-from control_api.db import make_sessionmaker
-from control_api.models import BillingInterval, Instance, InstanceState
 from control_api.reconciler import Reconciler
-from control_api.schemas.internal import LifecycleEventIn
 from control_api.services.internal import apply_lifecycle_events
+from core.clouds import TAG_LAUNCH, CloudError, LaunchRequest, parse_tags
+from core.db import make_sessionmaker
+from core.models import BillingInterval, Instance, InstanceState
+from core.wire import LifecycleEventIn
 from tests.cluster.conftest import ScwEnv
 from tests.cluster.reconcile_helpers import CLUSTER, IMAGE, SETTINGS, TYPE, seed_catalog
 from tests.conftest import truncate_all

@@ -14,7 +14,8 @@ from scaleway.instance.v1 import VolumeServerTemplate, VolumeVolumeType
 from scaleway.instance.v1.custom_api import InstanceUtilsV1API
 
 from cluster.bootstrap import NodeBootstrap, render_cloud_init
-from cluster.clouds.base import (
+from cluster.clouds.scaleway import ScalewayCloud, classify_error, volume_name
+from core.clouds import (
     AuthError,
     BootFailed,
     BootTimeout,
@@ -30,7 +31,6 @@ from cluster.clouds.base import (
     Unavailable,
     cluster_tag,
 )
-from cluster.clouds.scaleway import ScalewayCloud, classify_error, volume_name
 from tests.cluster.conftest import ScwEnv
 
 GPU_IMAGE = "ubuntu_noble_gpu_os_13_nvidia"

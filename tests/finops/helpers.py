@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from control_api.models import (
+from core.models import (
     ApiKey,
     BillingInterval,
     Deployment,

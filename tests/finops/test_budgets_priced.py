@@ -8,7 +8,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import ActionLog, Budget, BudgetScope, BudgetState
+from core.models import ActionLog, Budget, BudgetScope, BudgetState
 from finops.budgets import (
     CAP_ENDED,
     CAP_STARTED,

@@ -45,7 +45,7 @@ def test_costs_commands_print_real_figures(admin_cli: Cli, live_server: LiveServ
 def test_budgets_commands_and_clean_errors(admin_cli: Cli, live_server: LiveServer) -> None:
     _seed(live_server)
     with live_server.app.state.sessionmaker() as s:
-        from control_api.models import Deployment
+        from core.models import Deployment
 
         dep_id = s.query(Deployment.id).filter(Deployment.name == "llama").scalar()
     b = admin_cli.json("costs", "budgets", "set", "deployment", str(dep_id), "5")

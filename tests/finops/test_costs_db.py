@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import (
+from core.models import (
     BillingInterval,
     CostDaily,
     CostSpan,

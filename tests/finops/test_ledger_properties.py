@@ -8,7 +8,7 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control_api.models import BudgetState
+from core.models import BudgetState
 from finops.budgets import budget_state
 from finops.costs import bucketize
 from finops.ledger import (

@@ -29,9 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.client.api import ControlApiClient
-from control_api.db import make_engine, make_sessionmaker
-from control_api.models import Deployment, UsageRecord
 from control_api.settings import Settings
+from core.db import make_engine, make_sessionmaker
+from core.models import Deployment, UsageRecord
 from tests.client.conftest import ServerThread, free_port
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -247,8 +247,8 @@ def serving(control_plane: ControlPlane, tiny_model_dir: Path,
     import ray
     from ray import serve
 
+    from core.spec import parse_spec
     from serve_apps.builder import IngressOptions, build_app
-    from serve_apps.spec import parse_spec
 
     temp_dir = tempfile.mkdtemp(prefix="ia-serve-", dir="/tmp")
     state = tmp_path_factory.mktemp("ingress")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from control_api.client.internal import ControlApiUnavailable, InternalApiError, KeyRejected
-from control_api.schemas.internal import KeyVerifyResult
-from control_api.security import generate_api_key, sha256_hex
+from core.keys import generate_api_key, sha256_hex
+from core.wire import KeyVerifyResult
 from serve_apps.auth import KeyCache, bearer_key
 from serve_apps.protocol import OpenAIError
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from core.spec import LimitsSpec
 from serve_apps import limits as lim
 from serve_apps.protocol import OpenAIError
-from serve_apps.spec import LimitsSpec
 
 LIMITS = LimitsSpec(max_tokens=100, max_n=2, max_body_bytes=2048, max_messages=3,
                     max_top_logprobs=0, max_embedding_inputs=4)

@@ -177,7 +177,7 @@ def test_missing_malformed_and_unknown_keys_are_401(serving: Serving) -> None:
     with pytest.raises(openai.AuthenticationError) as info:
         client(serving, "sk-not-ours").models.list()
     assert info.value.body["code"] == "invalid_api_key"
-    from control_api.security import generate_api_key
+    from core.keys import generate_api_key
 
     unknown = generate_api_key().secret  # well formed, never stored
     with pytest.raises(openai.AuthenticationError) as info:
@@ -402,7 +402,7 @@ def test_prometheus_metrics_carry_model_and_org(serving: Serving) -> None:
 def test_usage_request_ids_are_unique_across_the_session(serving: Serving) -> None:
     from sqlalchemy import func, select
 
-    from control_api.models import UsageRecord
+    from core.models import UsageRecord
 
     with serving.control.sessions() as s:
         total = s.scalar(select(func.count()).select_from(UsageRecord))
@@ -596,7 +596,7 @@ def test_monthly_budget_is_reserved_at_worst_case_and_settled(serving: Serving) 
     from decimal import Decimal
 
     from control_api.client.internal import InternalClient
-    from control_api.security import sha256_hex
+    from core.keys import sha256_hex
     from tests.conftest import SERVICE_TOKEN
 
     expected = sum(Decimal(r.prompt_tokens) * Decimal("0.001")

@@ -8,8 +8,7 @@ import textwrap
 
 import pytest
 
-from serve_apps.builder import llm_config_dict
-from serve_apps.spec import (
+from core.spec import (
     SCHEMA_PATH,
     DeploymentFile,
     SpecError,
@@ -17,6 +16,7 @@ from serve_apps.spec import (
     parse_spec,
     render_json_schema,
 )
+from serve_apps.builder import llm_config_dict
 from tests.serve_apps.conftest import REPO
 
 MINIMAL = textwrap.dedent("""\
@@ -110,7 +110,7 @@ def test_extra_engine_args_cannot_shadow_typed_ones() -> None:
 
 def test_published_json_schema_is_up_to_date() -> None:
     assert SCHEMA_PATH.read_text(encoding="utf-8") == render_json_schema(), (
-        "regenerate with: python -m serve_apps.spec --schema")
+        "regenerate with: python -m core.spec --schema")
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     assert schema["additionalProperties"] is False
 

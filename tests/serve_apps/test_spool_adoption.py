@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import UsageRecord
+from core.models import UsageRecord
 from serve_apps.ingress import _replay_spool
 from serve_apps.metering import SLOT_LOCK, SpoolSlot, adopt_orphan_spools, claim_slot
 from tests.client.conftest import ServerThread, free_port, live_server, servers  # noqa: F401

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import control_api.db
+import core.db
 from sqlalchemy.dialects import postgresql
 
 revision: str = '0001'
@@ -33,7 +33,7 @@ def upgrade() -> None:
     sa.Column('duration_ms', sa.Integer(), nullable=True),
     sa.Column('parent_id', sa.Integer(), nullable=True),
     sa.Column('metadata', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['parent_id'], ['action_logs.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -48,7 +48,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('account', sa.String(length=254), nullable=False),
     sa.Column('ip', sa.String(length=64), nullable=False),
-    sa.Column('at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('login_attempts', schema=None) as batch_op:
@@ -61,7 +61,7 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=500), nullable=False),
     sa.Column('task', sa.String(length=32), nullable=False),
     sa.Column('max_model_len', sa.Integer(), nullable=True),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
@@ -69,14 +69,14 @@ def upgrade() -> None:
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
     sa.Column('display_name', sa.String(length=200), nullable=True),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
     op.create_table('processed_events',
     sa.Column('event_id', sa.String(length=128), nullable=False),
     sa.Column('kind', sa.String(length=32), nullable=False),
-    sa.Column('at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('event_id')
     )
     op.create_table('providers',
@@ -92,9 +92,9 @@ def upgrade() -> None:
     sa.Column('component', sa.String(length=64), nullable=False),
     sa.Column('prefix', sa.String(length=16), nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_used_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_used_at', core.db.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name'),
     sa.UniqueConstraint('token_hash')
@@ -113,7 +113,7 @@ def upgrade() -> None:
     sa.Column('duration_ms', sa.Float(), nullable=True),
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('streamed', sa.Boolean(), nullable=False),
-    sa.Column('at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('request_id')
     )
@@ -129,8 +129,8 @@ def upgrade() -> None:
     sa.Column('password_hash', sa.String(length=255), nullable=False),
     sa.Column('is_platform_admin', sa.Boolean(), nullable=False),
     sa.Column('is_active', sa.Boolean(), nullable=False),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('password_changed_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('password_changed_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('email'),
     sa.UniqueConstraint('username')
@@ -142,14 +142,14 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('prefix', sa.String(length=16), nullable=False),
     sa.Column('key_hash', sa.String(length=64), nullable=False),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('revoked_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_used_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_used_at', core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('allowed_models', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.Column('rpm_limit', sa.Integer(), nullable=True),
     sa.Column('tpm_limit', sa.Integer(), nullable=True),
-    sa.Column('monthly_budget_eur', control_api.db.Money(length=40), nullable=True),
+    sa.Column('monthly_budget_eur', core.db.Money(length=40), nullable=True),
     sa.ForeignKeyConstraint(['org_id'], ['orgs.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id'),
@@ -164,11 +164,11 @@ def upgrade() -> None:
     sa.Column('scope', sa.Enum('org', 'deployment', 'api_key', name='budget_scope', native_enum=False, create_constraint=True, length=32), nullable=False),
     sa.Column('target_id', sa.Uuid(), nullable=False),
     sa.Column('org_id', sa.Uuid(), nullable=True),
-    sa.Column('monthly_eur', control_api.db.Money(length=40), nullable=False),
-    sa.Column('warning_ratio', control_api.db.Money(length=40), nullable=False),
+    sa.Column('monthly_eur', core.db.Money(length=40), nullable=False),
+    sa.Column('warning_ratio', core.db.Money(length=40), nullable=False),
     sa.Column('state', sa.Enum('ok', 'warning', 'exceeded', name='budget_state', native_enum=False, create_constraint=True, length=32), nullable=False),
-    sa.Column('state_changed_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('state_changed_at', core.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['org_id'], ['orgs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('scope', 'target_id', name='uq_budget_scope_target')
@@ -184,9 +184,9 @@ def upgrade() -> None:
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('status_message', sa.Text(), nullable=True),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('deleted_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('deleted_at', core.db.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['model_id'], ['models.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
@@ -210,7 +210,7 @@ def upgrade() -> None:
     sa.Column('user_id', sa.Uuid(), nullable=False),
     sa.Column('org_id', sa.Uuid(), nullable=False),
     sa.Column('role', sa.Enum('owner', 'admin', 'member', 'viewer', name='role', native_enum=False, create_constraint=True, length=32), nullable=False),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['org_id'], ['orgs.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -229,9 +229,9 @@ def upgrade() -> None:
     op.create_table('sessions',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('user_id', sa.Uuid(), nullable=False),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('revoked_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('revoked_at', core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('ip', sa.String(length=64), nullable=True),
     sa.Column('user_agent', sa.String(length=300), nullable=True),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
@@ -243,8 +243,8 @@ def upgrade() -> None:
     op.create_table('instance_type_prices',
     sa.Column('id', sa.Uuid(), nullable=False),
     sa.Column('instance_type_id', sa.Uuid(), nullable=False),
-    sa.Column('effective_from', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('hourly_eur', control_api.db.Money(length=40), nullable=False),
+    sa.Column('effective_from', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('hourly_eur', core.db.Money(length=40), nullable=False),
     sa.ForeignKeyConstraint(['instance_type_id'], ['instance_types.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('instance_type_id', 'effective_from', name='uq_price_effective')
@@ -266,13 +266,13 @@ def upgrade() -> None:
     sa.Column('public_ip', sa.String(length=64), nullable=True),
     sa.Column('deployment_id', sa.Uuid(), nullable=True),
     sa.Column('state', sa.Enum('requested', 'provisioning', 'booting', 'joining', 'ready', 'draining', 'terminating', 'terminated', 'failed', 'archived', name='instance_state', native_enum=False, create_constraint=True, length=32), nullable=False),
-    sa.Column('state_entered_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('state_deadline_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('state_entered_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('state_deadline_at', core.db.UTCDateTime(timezone=True), nullable=True),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('error_message', sa.Text(), nullable=True),
     sa.Column('version', sa.Integer(), nullable=False),
-    sa.Column('created_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('updated_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['deployment_id'], ['deployments.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['provider_code'], ['providers.code'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -299,8 +299,8 @@ def upgrade() -> None:
     sa.Column('zone_code', sa.String(length=32), nullable=True),
     sa.Column('instance_type_name', sa.String(length=64), nullable=False),
     sa.Column('deployment_id', sa.Uuid(), nullable=True),
-    sa.Column('started_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('ended_at', control_api.db.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', core.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('ended_at', core.db.UTCDateTime(timezone=True), nullable=True),
     sa.CheckConstraint('ended_at IS NULL OR ended_at >= started_at', name='ck_interval_order'),
     sa.ForeignKeyConstraint(['instance_id'], ['instances.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
@@ -314,7 +314,7 @@ def upgrade() -> None:
     sa.Column('instance_id', sa.Uuid(), nullable=False),
     sa.Column('from_state', sa.Enum('requested', 'provisioning', 'booting', 'joining', 'ready', 'draining', 'terminating', 'terminated', 'failed', 'archived', name='history_from', native_enum=False, create_constraint=True, length=32), nullable=True),
     sa.Column('to_state', sa.Enum('requested', 'provisioning', 'booting', 'joining', 'ready', 'draining', 'terminating', 'terminated', 'failed', 'archived', name='history_to', native_enum=False, create_constraint=True, length=32), nullable=False),
-    sa.Column('at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('error_code', sa.String(length=64), nullable=True),
     sa.Column('actor', sa.String(length=64), nullable=True),
@@ -329,7 +329,7 @@ def upgrade() -> None:
     sa.Column('instance_type_id', sa.Uuid(), nullable=False),
     sa.Column('zone_code', sa.String(length=32), nullable=False),
     sa.Column('availability', sa.Enum('available', 'scarce', 'shortage', 'unknown', name='availability', native_enum=False, create_constraint=True, length=32), nullable=False),
-    sa.Column('updated_at', control_api.db.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', core.db.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['instance_type_id'], ['instance_types.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['zone_code'], ['zones.code'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),

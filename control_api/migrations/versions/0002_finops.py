@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-import control_api.db
-import control_api.models
+import core.db
+import core.models
 
 LEDGER_PENDING = "NOT ledger_closed AND (NOT ledger_spans OR ended_at IS NOT NULL)"
 
@@ -31,7 +31,7 @@ def upgrade() -> None:
             sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"),
             nullable=False,
         ),
-        sa.Column("updated_at", control_api.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", core.db.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key"),
     )
     op.create_table(
@@ -42,7 +42,7 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
-        sa.Column("hour", control_api.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("hour", core.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("dims", sa.String(length=400), nullable=False),
         sa.Column("api_key_id", sa.Uuid(), nullable=True),
         sa.Column("org_id", sa.Uuid(), nullable=True),
@@ -107,7 +107,7 @@ def upgrade() -> None:
         sa.Column("zone_code", sa.String(length=32), nullable=True),
         sa.Column("instance_type_name", sa.String(length=64), nullable=True),
         sa.Column("deployment_id", sa.Uuid(), nullable=True),
-        sa.Column("units", control_api.models.BigUnits(length=48), nullable=False),
+        sa.Column("units", core.models.BigUnits(length=48), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("day_us", "dims", name="uq_cost_daily_day_dims"),
     )
@@ -137,9 +137,9 @@ def upgrade() -> None:
         )
 
     with op.batch_alter_table("budgets", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("spent_eur", control_api.db.Money(length=40), nullable=True))
+        batch_op.add_column(sa.Column("spent_eur", core.db.Money(length=40), nullable=True))
         batch_op.add_column(
-            sa.Column("evaluated_at", control_api.db.UTCDateTime(timezone=True), nullable=True)
+            sa.Column("evaluated_at", core.db.UTCDateTime(timezone=True), nullable=True)
         )
 
     with op.batch_alter_table("usage_records", schema=None) as batch_op:

@@ -14,8 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 
-from control_api.models import ActionLog, Role
 from control_api.pagination import encode_cursor
+from core.models import ActionLog, Role
 
 T0 = datetime(2025, 6, 1, tzinfo=UTC)
 

@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.db import utcnow
-from control_api.models import ActionLog, ApiKey, Role
-from control_api.security import api_key_well_formed, sha256_hex
+from core.db import utcnow
+from core.keys import api_key_well_formed, sha256_hex
+from core.models import ActionLog, ApiKey, Role
 from tests.conftest import Factory
 
 
@@ -53,7 +53,7 @@ def test_default_org_is_the_callers_highest_role(client: TestClient, factory: Fa
     a, b = factory.org("aaa"), factory.org("bbb")
     u = factory.user(a, Role.MEMBER)
     with client.app.state.sessionmaker() as s, s.begin():  # type: ignore[attr-defined]
-        from control_api.models import Membership
+        from core.models import Membership
         s.add(Membership(user_id=u.id, org_id=b, role=Role.ADMIN))
     r = client.post("/api/api-keys", json={"name": "k"}, headers=u.headers)
     assert r.status_code == 201 and r.json()["org_id"] == str(b)

@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.app import create_app
-from control_api.db import utcnow
-from control_api.models import ActionLog, LoginAttempt, Role, User, UserSession
 from control_api.settings import Settings
+from core.db import utcnow
+from core.models import ActionLog, LoginAttempt, Role, User, UserSession
 from tests.conftest import ADMIN_PASSWORD, Factory
 
 

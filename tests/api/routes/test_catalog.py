@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from control_api.models import ActionLog, InstanceTypePrice, Role
+from core.models import ActionLog, InstanceTypePrice, Role
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

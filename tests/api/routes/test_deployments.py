@@ -16,9 +16,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from control_api.errors import ERROR_RESPONSES
-from control_api.models import ActionLog
 from control_api.routes import deployments as deployments_routes
 from control_api.serve_client import ServeClient
+from core.models import ActionLog
 from tests.conftest import Factory
 
 LOCAL_YAML = Path(__file__).resolve().parents[3] / "configs" / "deployments" / "local.yaml"

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from fastapi.testclient import TestClient
 
-from control_api.models import ActionLog, Budget, Role
+from core.models import ActionLog, Budget, Role
 from tests.conftest import Factory
 from tests.finops.helpers import Seed
 

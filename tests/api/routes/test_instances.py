@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from control_api.lifecycle import CHAIN, open_billing_interval, transition
-from control_api.models import (
+from control_api.pagination import encode_cursor
+from core.models import (
     ActionLog,
     Deployment,
     Instance,
@@ -19,7 +20,6 @@ from control_api.models import (
     InstanceStateHistory,
     Role,
 )
-from control_api.pagination import encode_cursor
 
 S = InstanceState
 T0 = datetime(2025, 6, 1, tzinfo=UTC)

@@ -14,9 +14,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.db import utcnow
 from control_api.errors import NotFound
-from control_api.models import (
+from control_api.services import internal as service
+from core.db import utcnow
+from core.keys import generate_api_key
+from core.models import (
     ActionLog,
     ApiKey,
     BillingInterval,
@@ -28,9 +30,7 @@ from control_api.models import (
     UsageRecord,
     User,
 )
-from control_api.schemas.internal import LifecycleEventIn
-from control_api.security import generate_api_key
-from control_api.services import internal as service
+from core.wire import LifecycleEventIn
 
 LIFECYCLE = "/api/internal/lifecycle-events"
 USAGE = "/api/internal/usage"

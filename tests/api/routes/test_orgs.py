@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import ActionLog, ApiKey, Membership, Role
+from core.models import ActionLog, ApiKey, Membership, Role
 from tests.conftest import Factory
 
 

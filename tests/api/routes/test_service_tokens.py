@@ -11,8 +11,8 @@ from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.deps import ServicePrincipal, get_service
-from control_api.models import ActionLog, Role, ServiceToken
-from control_api.security import sha256_hex
+from core.keys import sha256_hex
+from core.models import ActionLog, Role, ServiceToken
 from tests.conftest import Factory
 
 

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.models import ActionLog, Role, User
+from core.models import ActionLog, Role, User
 from tests.conftest import Factory
 
 

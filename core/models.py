@@ -30,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from control_api.db import Base, JSONDoc, Money, UTCDateTime, new_id, utcnow
+from core.db import Base, JSONDoc, Money, UTCDateTime, new_id, utcnow
+from core.states import InstanceState
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -55,19 +56,6 @@ class Role(str, enum.Enum):
     @property
     def rank(self) -> int:
         return {"viewer": 0, "member": 1, "admin": 2, "owner": 3}[self.value]
-
-
-class InstanceState(str, enum.Enum):
-    REQUESTED = "requested"
-    PROVISIONING = "provisioning"
-    BOOTING = "booting"
-    JOINING = "joining"
-    READY = "ready"
-    DRAINING = "draining"
-    TERMINATING = "terminating"
-    TERMINATED = "terminated"
-    FAILED = "failed"
-    ARCHIVED = "archived"
 
 
 class BudgetScope(str, enum.Enum):

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from control_api.models import InstanceState
+from core.states import InstanceState
 
 MAX_LIFECYCLE_EVENTS = 1000
 MAX_USAGE_RECORDS = 5000

@@ -9,7 +9,7 @@ cloud), which go into the replica's placement bundle.
 Every model forbids unknown fields. ``load_spec_file``/``parse_spec`` raise ``SpecError`` whose
 items name the field path and the YAML line, e.g. ``deployments[0].limits.max_tokens (line 14):
 Input should be greater than or equal to 1``. ``configs/schemas/deployment.schema.json`` is
-generated from :class:`DeploymentFile` (``python -m serve_apps.spec --schema``).
+generated from :class:`DeploymentFile` (``python -m core.spec --schema``).
 """
 
 from __future__ import annotations
@@ -332,7 +332,7 @@ def render_json_schema() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m serve_apps.spec --schema`
+if __name__ == "__main__":  # pragma: no cover - `python -m core.spec --schema`
     if sys.argv[1:] == ["--schema"]:
         SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
         SCHEMA_PATH.write_text(render_json_schema(), encoding="utf-8")
