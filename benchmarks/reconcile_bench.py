@@ -35,7 +35,7 @@ from cluster.fake_scaleway import (
     serve_in_thread,
 )
 from control_api import bootstrap, migrate
-from control_api.reconciler import Reconciler, ReconcileSettings
+from control_api.reconcile import Reconciler, ReconcileSettings
 from core.clouds import NotFound, cluster_tag
 from core.db import make_engine, make_sessionmaker
 from core.models import BillingInterval, Instance, InstanceState

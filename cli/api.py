@@ -17,6 +17,8 @@ def serve(
                                       help="TCP port.")] = 8080,
 ) -> None:
     """Serve the control API (migrates the database and bootstraps the admin on start)."""
-    from control_api.serve import serve as run  # imported late: keeps `inventiv --help` fast
+    # Imported late: keeps `inventiv --help` fast.
+    from cli.compose import data_plane
+    from control_api.serve import serve as run
 
-    run(host=host, port=port)
+    run(host=host, port=port, plane=data_plane())

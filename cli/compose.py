@@ -2,7 +2,7 @@
 
 The control API does not import ``cluster`` or ``serve_apps`` (they sit above it and reach it only
 through :mod:`control_api.client`); what it drives of them, the cloud adapters its reconciler
-lists and the Serve config its sync job applies, is handed to it here, at the top of the layers.
+lists, is handed to it here, at the top of the layers.
 ``inventiv api serve``, ``inventiv up`` and ``uvicorn --factory cli.compose:app_factory`` build
 the control API through this module.
 """
@@ -16,11 +16,11 @@ from control_api.settings import Settings
 
 
 def data_plane() -> DataPlane:
-    """The real adapters: the clouds of ``cluster`` and the Serve config of ``serve_apps``."""
+    """The real adapters: the clouds of ``cluster`` (the Serve config is still rendered inside
+    ``control_api.services.deployments``; moving it beside the builder is open work)."""
     from cluster.clouds.registry import clouds_from_config
-    from serve_apps.serve_config import render_serve_config
 
-    return DataPlane(clouds=clouds_from_config, render_serve_config=render_serve_config)
+    return DataPlane(clouds=clouds_from_config)
 
 
 def control_api_app(settings: Settings | None = None) -> Any:

@@ -15,7 +15,11 @@ from control_api import bootstrap, migrate
 from control_api.background import PeriodicJobs, finops_refresh
 from control_api.errors import ERROR_RESPONSES, error_body, install_error_handlers
 from control_api.ports import NO_DATA_PLANE, DataPlane
-from control_api.reconciler import reconciler_from_env, start_reconciler_thread
+from control_api.reconcile import (
+    ReconcilerNotWired,
+    reconciler_from_settings,
+    start_reconciler_thread,
+)
 from control_api.routes import (
     action_logs,
     api_keys,
@@ -136,8 +140,13 @@ def create_app(settings: Settings | None = None, *, plane: DataPlane | None = No
         app.state.jobs = jobs
         reconciler_thread = None
         if settings.background_jobs:
-            # Clusters to reconcile come from INVENTIV_RECONCILE_CLUSTERS (see reconciler.py).
-            rec = reconciler_from_env(app.state.sessionmaker)
+            # Clusters to reconcile: settings.reconcile_clusters, with the plane's adapters.
+            try:
+                rec = reconciler_from_settings(app.state.sessionmaker, settings,
+                                               app.state.plane.clouds)
+            except ReconcilerNotWired as exc:
+                log.warning("no reconciliation: %s", exc)
+                rec = None
             if rec is not None:
                 app.state.reconciler = rec
                 reconciler_thread = start_reconciler_thread(

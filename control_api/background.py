@@ -1,8 +1,9 @@
-"""Periodic jobs of the control API, in one daemon thread started by the app's lifespan.
+"""Periodic jobs of the control API, each runner in a daemon thread started by the app's lifespan.
 
 FinOps derived data (cost spans, hourly usage rollups, budget states) is refreshed here, so
-reads stay fast and budget states change even when nobody looks at them. Each job runs in its
-own unit of work; a failing job is logged and retried on the next tick, never kills the loop.
+reads stay fast and budget states change even when nobody looks at them; the Serve sync and the
+reconcile pass (:mod:`control_api.reconcile`) run the same way. Each job runs in its own unit of
+work; a failing job is logged and retried on the next tick, never kills the loop.
 """
 
 from __future__ import annotations
@@ -36,17 +37,21 @@ def finops_refresh(session: Session, now: datetime) -> object:
 
 @dataclass
 class PeriodicJobs:
-    """Runs ``jobs`` every ``interval_s`` seconds until ``stop()``."""
+    """Runs ``jobs`` every ``interval_s`` seconds until ``stop()`` (``run_at_start``: a first
+    run at once, rather than after the first interval)."""
 
     sessions: sessionmaker[Session]
     jobs: dict[str, Job]
     interval_s: float
     clock: Callable[[], datetime] = utcnow
+    run_at_start: bool = False
+    thread_name: str = "inventiv-jobs"
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     last_results: dict[str, object] = field(default_factory=dict)
 
     def run_once(self) -> dict[str, object]:
+        """Run every job once; a failing job is logged and its error kept as its result."""
         for name, job in self.jobs.items():
             try:
                 with session_scope(self.sessions) as s:
@@ -56,15 +61,20 @@ class PeriodicJobs:
                 self.last_results[name] = {"error": type(exc).__name__}
         return dict(self.last_results)
 
-    def start(self) -> None:
+    def start(self) -> threading.Thread:
+        """Start the loop in a daemon thread (returned)."""
         def loop() -> None:
+            if self.run_at_start:
+                self.run_once()
             while not self._stop.wait(self.interval_s):
                 self.run_once()
 
-        self._thread = threading.Thread(target=loop, name="inventiv-jobs", daemon=True)
+        self._thread = threading.Thread(target=loop, name=self.thread_name, daemon=True)
         self._thread.start()
+        return self._thread
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the running job, waiting up to ``timeout`` seconds for the thread."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy import inspect, select
 
 from control_api.app import create_app
+from control_api.ports import DataPlane
 from control_api.settings import Settings, get_settings
 from core.db import make_engine
 from core.models import User
@@ -110,16 +111,20 @@ def banner(url: str, admin: AdminLogin) -> str:
 
 
 def build_server(host: str, port: int, settings: Settings | None = None,
-                 *, log_level: str = "info") -> tuple[uvicorn.Server, AdminLogin]:
-    """A uvicorn server on the app built by the factory, and the admin login to announce."""
+                 *, log_level: str = "info",
+                 plane: DataPlane | None = None) -> tuple[uvicorn.Server, AdminLogin]:
+    """A uvicorn server on the app built by the factory, and the admin login to announce.
+
+    ``plane``: the data plane's adapters, from the composition root (:mod:`cli.compose`)."""
     settings, admin = prepare_admin(settings or get_settings())
-    app = create_app(settings)
+    app = create_app(settings, plane=plane)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
     return uvicorn.Server(config), admin
 
 
-def serve(host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8080, settings: Settings | None = None,
+          *, plane: DataPlane | None = None) -> None:
     """Serve the control API until interrupted, after printing the URL and how to log in."""
-    server, admin = build_server(host, port, settings)
+    server, admin = build_server(host, port, settings, plane=plane)
     print(banner(display_url(host, port), admin), flush=True)
     server.run()

@@ -5,15 +5,16 @@ Every secret can also be read from a file named by ``INVENTIV_<NAME>_FILE`` (Doc
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from platformdirs import user_data_dir
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "INVENTIV_"
 # Fields that may come from *_FILE variables.
@@ -55,6 +56,12 @@ class Settings(BaseSettings):
     background_jobs: bool = True
     finops_refresh_seconds: float = Field(default=60.0, gt=0)
     reconcile_interval_seconds: float = Field(default=60.0, gt=0)
+    # Clusters to reconcile, as JSON: {"<cluster>": {"cloud": "scaleway", "zones": [...], ...}}
+    # (the other keys are the adapter's settings; credentials come from the SDK's SCW_*
+    # environment). Turned into cloud adapters by the data plane's factory (control_api.ports).
+    reconcile_clusters: Annotated[dict[str, Any], NoDecode] = Field(default_factory=dict)
+    # The Ray GCS (host:port) the reconciler asks for the live nodes; unset: Ray's view unknown.
+    reconcile_ray_gcs: str | None = None
     # Largest JSON body the control API accepts (bytes).
     max_body_bytes: int = 4 * 1024 * 1024
 
@@ -91,6 +98,18 @@ class Settings(BaseSettings):
             path = os.environ.get(f"{ENV_PREFIX}{name.upper()}_FILE")
             if path and not data.get(name) and not os.environ.get(f"{ENV_PREFIX}{name.upper()}"):
                 data[name] = Path(path).read_text().strip()
+        return data
+
+    @field_validator("reconcile_clusters", mode="before")
+    @classmethod
+    def _parse_clusters(cls, value: Any) -> Any:
+        # Parsed here rather than by pydantic-settings so that an empty variable means "none".
+        if not isinstance(value, str):
+            return value
+        data = json.loads(value) if value.strip() else {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{ENV_PREFIX}RECONCILE_CLUSTERS must be a JSON object of cluster ->"
+                             " cloud settings")
         return data
 
     @property

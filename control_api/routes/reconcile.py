@@ -1,9 +1,10 @@
 """``/api/reconcile``: run a reconcile pass on demand (or a dry run) and read the last report.
 
-The reconciler is ``app.state.reconciler`` (set by ``start_reconciler_thread`` or the app's
-wiring); without one, it is built once from ``INVENTIV_RECONCILE_CLUSTERS`` (see
-:func:`control_api.reconciler.clouds_from_env`). The last report survives restarts through the
-``reconcile.pass`` action log of each (non-dry) pass.
+The reconciler is ``app.state.reconciler`` (set by the app's lifespan when its periodic job
+runs); without one, it is built once from the app's settings (``INVENTIV_RECONCILE_CLUSTERS``)
+and its data plane's cloud adapters (see :func:`control_api.reconcile.reconciler_from_settings`).
+The last report survives restarts through the ``reconcile.pass`` action log of each (non-dry)
+pass.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from control_api.deps import AdminDep, SessionDep, access
 from control_api.errors import Conflict, NotFound
-from control_api.reconciler import Reconciler, reconciler_from_env
+from control_api.reconcile import Reconciler, reconciler_from_settings
 from core.models import ActionLog
 
 router = APIRouter(prefix="/api/reconcile", tags=["reconcile"])
@@ -38,7 +39,7 @@ class ReconcilerNotConfigured(Conflict):
 
 
 def get_reconciler(request: Request) -> Reconciler:
-    """The app's reconciler, built from the environment on first use if none was wired."""
+    """The app's reconciler, built from its settings on first use if none was wired."""
     state = request.app.state
     rec = getattr(state, "reconciler", None)
     if rec is not None:
@@ -47,7 +48,8 @@ def get_reconciler(request: Request) -> Reconciler:
         rec = getattr(state, "reconciler", None)
         if rec is None:
             try:
-                rec = reconciler_from_env(state.sessionmaker)
+                rec = reconciler_from_settings(state.sessionmaker, state.settings,
+                                               state.plane.clouds)
             except ValueError as exc:
                 raise ReconcilerNotConfigured(str(exc)) from None
             if rec is None:

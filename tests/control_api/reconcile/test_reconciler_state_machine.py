@@ -40,15 +40,15 @@ from sqlalchemy.orm import sessionmaker
 
 from cluster.fake_scaleway import FakeClock, FakeConfig, FakeScaleway
 from cluster.node_provider import InventivNodeProvider, LifecycleReporter
-from control_api.reconciler import Reconciler
+from control_api.reconcile import Reconciler
 from control_api.services.internal import apply_lifecycle_events
 from core.clouds import TAG_LAUNCH, CloudError, LaunchRequest, parse_tags
 from core.db import make_sessionmaker
 from core.models import BillingInterval, Instance, InstanceState
 from core.wire import LifecycleEventIn
 from tests.cluster.conftest import ScwEnv
-from tests.cluster.reconcile_helpers import CLUSTER, IMAGE, SETTINGS, TYPE, seed_catalog
 from tests.conftest import truncate_all
+from tests.control_api.reconcile.helpers import CLUSTER, IMAGE, SETTINGS, TYPE, seed_catalog
 
 FINAL = {InstanceState.TERMINATED, InstanceState.ARCHIVED}
 CREATE_FAULTS = [None, None, "server_error", "html_502", "lost_response", "lost_response_drop",

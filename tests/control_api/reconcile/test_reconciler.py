@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_api.reconciler import (
+from cluster.clouds.registry import clouds_from_config
+from control_api.ports import DataPlane
+from control_api.reconcile import (
     ADVISORY_LOCK_KEY,
     Reconciler,
     ReconcileSettings,
@@ -24,7 +26,7 @@ from control_api.routes import reconcile as reconcile_routes
 from core.clouds import cluster_tag, launch_tag
 from core.models import InstanceState
 from tests.cluster.conftest import ScwEnv
-from tests.cluster.reconcile_helpers import (
+from tests.control_api.reconcile.helpers import (
     CLUSTER,
     fake_clock,
     intent,
@@ -406,7 +408,8 @@ def test_postgres_advisory_lock_held_elsewhere_skips_the_pass(
 
 def _app_with_reconciler(client: TestClient, rec: Reconciler) -> None:
     app = client.app
-    if not any(getattr(r, "path", "").startswith("/api/reconcile") for r in app.routes):
+    if not any(getattr(r, "path", "").startswith("/api/reconcile")
+               for r in app.routes):  # type: ignore[attr-defined]
         app.include_router(reconcile_routes.router)  # type: ignore[attr-defined]
     app.state.reconciler = rec  # type: ignore[attr-defined]
 
@@ -432,6 +435,7 @@ def test_routes_run_and_last_report(client: TestClient, admin_headers: dict[str,
     r = client.get("/api/reconcile/last", headers=admin_headers)
     assert r.status_code == 200 and r.json()["started_at"] == body["started_at"]
 
+    bad: Any
     for bad in ({"dry_run": "maybe"}, {"dry_run": True, "extra": 1}, {"cluster": ""}, []):
         r = client.post("/api/reconcile/run", json=bad, headers=admin_headers)
         assert r.status_code == 422, (bad, r.text)
@@ -458,14 +462,18 @@ def test_routes_run_and_last_report(client: TestClient, admin_headers: dict[str,
 def test_route_without_configured_clusters_is_a_conflict(
         client: TestClient, admin_headers: dict[str, str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("INVENTIV_RECONCILE_CLUSTERS", raising=False)
+    # Settings are read once, into the app's Settings; the clouds come from the data plane.
     app = client.app
-    if not any(getattr(r, "path", "").startswith("/api/reconcile") for r in app.routes):
+    state = app.state  # type: ignore[attr-defined]
+    monkeypatch.setattr(state.settings, "reconcile_clusters", {})
+    monkeypatch.setattr(state, "plane", DataPlane(clouds=clouds_from_config))
+    if not any(getattr(r, "path", "").startswith("/api/reconcile")
+               for r in app.routes):  # type: ignore[attr-defined]
         app.include_router(reconcile_routes.router)  # type: ignore[attr-defined]
     app.state.reconciler = None  # type: ignore[attr-defined]
     r = client.post("/api/reconcile/run", json={}, headers=admin_headers)
     assert r.status_code == 409 and r.json()["error"]["code"] == "reconciler_not_configured"
-    monkeypatch.setenv("INVENTIV_RECONCILE_CLUSTERS", '{"c": {"cloud": "aws"}}')
+    monkeypatch.setattr(state.settings, "reconcile_clusters", {"c": {"cloud": "aws"}})
     r = client.post("/api/reconcile/run", json={}, headers=admin_headers)
     assert r.status_code == 409
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cluster.clouds.scaleway import ScalewayCloud
 from control_api import bootstrap
 from control_api.lifecycle import deadline_for, open_billing_interval
-from control_api.reconciler import Reconciler, ReconcileSettings
+from control_api.reconcile import Reconciler, ReconcileSettings
 from core.clouds import CloudInstance, LaunchRequest
 from core.models import (
     ActionLog,

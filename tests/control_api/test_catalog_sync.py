@@ -24,7 +24,7 @@ from core.models import (
     ZoneAvailability,
 )
 from tests.cluster.conftest import ScwEnv
-from tests.cluster.reconcile_helpers import seed_catalog, snapshot
+from tests.control_api.reconcile.helpers import seed_catalog, snapshot
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
