@@ -148,7 +148,7 @@ def burst_once(lap: Laptop, policy: str, timeout_s: float) -> dict[str, Any]:
     back = wait_until(f"{policy}: back to one replica and two nodes",
                       lambda: replicas(lap, model) == ["RUNNING"] and workers(lap) == 2,
                       timeout_s, 2)
-    result = {k: round(v, 1) for k, v in marks.items()}
+    result: dict[str, Any] = {k: round(v, 1) for k, v in marks.items()}
     result.update(streams_completed=done[0], errors=len(errors), first_errors=errors[:3],
                   back_to_rest_s=round(back, 1))
     log(f"{policy}: {result}")

@@ -1,6 +1,6 @@
 """A FinOps walk-through on the laptop default (SQLite, local nodes priced from the catalog).
 
-    python -m finops.demo
+    python benchmarks/finops_demo.py
 
 Starts the control API on a temporary SQLite database, reports two local nodes through the real
 internal lifecycle endpoint (a ``local-L4`` serving ``tiny-chat`` for 6 h, a ``local-H100`` that

@@ -155,24 +155,6 @@ def bench_spec(engine: str, model_dir: Path, token_delay_s: float, max_num_seqs:
     })
 
 
-def _wait_running(name: str, errors: list[BaseException], timeout_s: float) -> None:
-    from ray import serve
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if errors:
-            raise RuntimeError(f"serve.run({name}) failed: {errors[0]!r}") from errors[0]
-        app = serve.status().applications.get(name)
-        if app is not None and app.status == "RUNNING":
-            return
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            details = {d: (s.status, s.message) for d, s in app.deployments.items()}
-            raise RuntimeError(f"Serve app {name} {app.status}: {app.message} {details}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve app {name} not RUNNING after {timeout_s} s")
-        time.sleep(0.5)
-
-
 def _wait_deployed(name: str, errors: list[BaseException], timeout_s: float) -> None:
     """Until the controller knows app ``name`` (a second ``serve.run`` may then follow)."""
     from ray import serve
@@ -188,7 +170,8 @@ def _wait_deployed(name: str, errors: list[BaseException], timeout_s: float) -> 
 
 def submit_app(app: Any, name: str, route_prefix: str) -> list[BaseException]:
     """``serve.run`` in a thread (its errors land in the returned list); poll with
-    :func:`_wait_running` so a failed deployment raises instead of hanging."""
+    :func:`core.ray_private.wait_app_running` so a failed deployment raises instead of
+    hanging."""
     from ray import serve
 
     errors: list[BaseException] = []
@@ -196,7 +179,7 @@ def submit_app(app: Any, name: str, route_prefix: str) -> list[BaseException]:
     def target() -> None:
         try:
             serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
-        except BaseException as exc:  # noqa: BLE001 - reported by _wait_running
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_app_running
             errors.append(exc)
 
     threading.Thread(target=target, name=f"serve-run-{name}", daemon=True).start()
@@ -207,9 +190,9 @@ def baseline_app(spec: Any, options: Any) -> Any:
     """Ray's stock ingress, as ``build_openai_app`` builds it without ``ingress_cls_config``,
     bound to the ``LLMServer`` deployment of our app (same replica)."""
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
+    from core.ray_private import to_model_metadata
     from serve_apps.builder import build_llm_configs
 
     (config,) = build_llm_configs(spec, resolve=lambda s: s)
@@ -523,7 +506,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ray import serve
 
     from control_api.client.api import ControlApiClient
-    from serve_apps.builder import IngressOptions
+    from core.ray_private import wait_app_running
+    from serve_apps.options import IngressOptions
     from serve_apps.tiny_model import cached_tiny_model
     from tests.conftest import migrated_postgres_database
 
@@ -563,8 +547,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         errors_ours = submit_app(build_ours(spec, options, profile_path), APP_OURS, "/")
         _wait_deployed(APP_OURS, errors_ours, args.ready_timeout)
         errors_base = submit_app(baseline_app(spec, options), APP_BASE, BASE_PREFIX)
-        _wait_running(APP_OURS, errors_ours, args.ready_timeout)
-        _wait_running(APP_BASE, errors_base, args.ready_timeout)
+        wait_app_running(APP_OURS, args.ready_timeout, errors=errors_ours, poll_s=0.5)
+        wait_app_running(APP_BASE, args.ready_timeout, errors=errors_base, poll_s=0.5)
         startup_s = time.monotonic() - t0
         log(f"apps RUNNING after {startup_s:.1f} s; measuring")
         base_url = f"http://127.0.0.1:{http_port}"

@@ -15,9 +15,7 @@ GPU and CPU go through the same code: only the placement fields differ.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.nodetypes import NoFit, Offer, offer_from_dict, rank_accelerators, seed_offers
 from autoscaler.serve_policy import serve_autoscaling_config
 from core.spec import DeploymentFile, DeploymentSpec
+from serve_apps.options import IngressOptions
 
 BUILTIN_PREFIX = "builtin:"
 # Environment of every engine replica: nothing is downloaded, nothing is reported.
@@ -38,32 +37,6 @@ OFFLINE_ENV = {
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # The replica actor itself is light; the placement bundle reserves the real resources.
 REPLICA_ACTOR_CPUS = 0.1
-
-
-class IngressOptions(BaseModel):
-    """How the ingress reaches the control API and caches keys (not part of the YAML: it is
-    runtime configuration of the platform, not of a model)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    control_api_url: str
-    # A file holding the service token (never the token itself: bound arguments are pickled
-    # into the Serve app and may be shown in its config).
-    service_token_file: str
-    spool_dir: str
-    key_ttl_s: float = Field(default=15.0, gt=0, le=30)
-    key_stale_s: float = Field(default=900.0, ge=0)
-    negative_ttl_s: float = Field(default=5.0, ge=0, le=30)
-    verify_timeout_s: float = Field(default=2.0, gt=0)
-    usage_flush_interval_s: float = Field(default=1.0, gt=0)
-    app_name: str = "inventiv"
-    num_replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=1000, ge=1)
-    ingress_cpus: float = Field(default=0.1, gt=0)
-    # Per-key RPM/TPM through a shared Ray actor (serve_apps.ratelimit).
-    rate_limits: bool = True
-    # Browser origins allowed to call the OpenAI endpoint (CORS); empty: no CORS headers.
-    cors_allow_origins: list[str] = Field(default_factory=list)
 
 
 class AutoscalingOverrides(BaseModel):
@@ -251,11 +224,6 @@ def router_timeout_s(spec: DeploymentFile) -> int:
                   if dep.autoscaling.min_replicas == 0 else dep.limits.request_timeout_s
                   for dep in spec.deployments)
     return int(max(600, longest + 30))
-
-
-def token_file_ok(path: str) -> bool:
-    """Whether the service token file exists and is readable (checked before deploying)."""
-    return os.path.isfile(path) and os.access(path, os.R_OK) and Path(path).stat().st_size > 0
 
 
 def app_builder(args: dict[str, Any]) -> Any:

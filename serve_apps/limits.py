@@ -13,11 +13,9 @@ the ingress, in which case the engine's own check (also a 400) applies.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from core.spec import LimitsSpec
 from serve_apps import protocol
@@ -34,7 +32,6 @@ EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions",
 STREAM_OPTION_FIELDS = frozenset({"include_usage", "continuous_usage_stats"})
 MESSAGE_FIELDS = frozenset({"role", "content", "name"})
 ROLES = frozenset({"system", "developer", "user", "assistant"})
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -197,91 +194,3 @@ def check_embedding_input(value: Any, limits: LimitsSpec) -> list[Any]:
 
 def longest(counts: Sequence[int]) -> int:
     return max(counts) if counts else 0
-
-
-# ---------------------------------------------------------------- scale from zero
-
-
-class ColdStartHold:
-    """Holds requests for deployments that are at zero replicas while Serve starts one.
-
-    Serve does the starting: a handle call with no running replica waits in the handle's
-    router, which pushes its queued count to the controller at once, and the autoscaling
-    policy's cold-start path scales 0 -> 1 (Ray 2.60 ``router.py``
-    ``should_send_scaled_to_zero_optimized_push``, ``autoscaling_policy.py``
-    ``_get_cold_start_scale_up_replicas``). This class bounds that wait: at most ``limit``
-    held requests per deployment (beyond: 429 ``overloaded``), each for at most ``timeout_s``
-    (then the upstream call is cancelled, which also removes it from the router's queue, and
-    a 503 with ``Retry-After`` is raised).
-
-    "Waiting for a replica" ends as soon as the upstream call answers (its first chunk for a
-    stream: Ray Serve LLM peeks it before returning the streaming response, so no byte was
-    sent to the client yet) or the probe sees a running replica; from then on the request is
-    generating and only the request's own limits apply.
-
-    ``running(key)`` returns the number of running replicas, or None when unknown (then the
-    request is not held: the probe's failure must not turn into timeouts of warm requests).
-    """
-
-    def __init__(self, running: Callable[[str], Awaitable[int | None]], *,
-                 poll_s: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 on_held: Callable[[str, int], None] | None = None,
-                 on_waited: Callable[[str, float, str], None] | None = None) -> None:
-        self._running = running
-        self.poll_s = poll_s
-        self._clock = clock
-        self._on_held = on_held
-        self._on_waited = on_waited
-        self.held: dict[str, int] = {}
-
-    def _change(self, key: str, delta: int) -> None:
-        self.held[key] = self.held.get(key, 0) + delta
-        if self._on_held is not None:
-            self._on_held(key, self.held[key])
-
-    def _end(self, key: str, started: float, outcome: str) -> None:
-        self._change(key, -1)
-        if self._on_waited is not None:
-            self._on_waited(key, self._clock() - started, outcome)
-
-    async def call(self, key: str, upstream: Callable[[], Awaitable[T]], *, limit: int,
-                   timeout_s: float, retry_after_s: float) -> T:
-        """``await upstream()``, held (bounded, with a deadline) if ``key`` has no replica."""
-        running = await self._running(key)
-        if running is None or running > 0:
-            return await upstream()
-        if self.held.get(key, 0) >= limit:
-            raise protocol.rate_limited(
-                f"The model `{key}` is starting and its queue is full; retry shortly.",
-                retry_after_s, code="overloaded")
-        self._change(key, +1)
-        started = self._clock()
-        task = asyncio.ensure_future(upstream())
-        outcome = "aborted"  # the client went away (we are cancelled) unless set otherwise
-        try:
-            while True:
-                remaining = timeout_s - (self._clock() - started)
-                if remaining <= 0:
-                    break
-                done, _ = await asyncio.wait({task}, timeout=min(self.poll_s, remaining))
-                if done:
-                    failed = task.cancelled() or task.exception() is not None
-                    outcome = "failed" if failed else "served"
-                    break
-                if await self._running(key):
-                    outcome = "served"  # a replica runs: the rest is generation
-                    break
-            if outcome == "aborted":
-                outcome = "timeout"
-        finally:
-            self._end(key, started, outcome)
-            if outcome in ("aborted", "timeout"):
-                task.cancel()
-        if outcome == "timeout":
-            # Let the cancellation reach Serve's router before answering (asyncio.wait does
-            # not raise the task's CancelledError, so ours, if the client goes, still does).
-            await asyncio.wait({task})
-            if not task.cancelled():
-                task.exception()  # retrieved: an error racing the deadline is not logged
-            raise protocol.cold_start_timeout(key, timeout_s, retry_after_s)
-        return await task

@@ -12,19 +12,13 @@ A stream that delivered ``[DONE]`` is ``completed`` even if the client hangs up 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
-import os
 import re
-import secrets
-import socket
-import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -291,143 +285,3 @@ async def metered_stream(chunks: AsyncIterable[Any], meter: Meter, *,
         raise
     finally:
         meter.finish("error" if meter.error_seen and status == "completed" else status)
-
-
-# ---------------------------------------------------------------- spool ownership and adoption
-#
-# Each ingress replica spools undeliverable usage batches to ``<spool_dir>/<slot>/``. A slot
-# directory has exactly one writer: the process holding an exclusive ``flock`` on its
-# ``.owner.lock`` for its whole life. The kernel drops the lock when the process dies (also on
-# SIGKILL), so "the lock can be taken" means "the owner is gone": any live replica may then
-# take it, replay the orphaned batches to the control API, and let it go. Replays are safe
-# against doubles: every usage record carries its request id and the control API counts a
-# record it already has as a duplicate. On one machine flock is exact. Across nodes the
-# spool_dir is normally each node's local disk (orphans are adopted by the replicas of the
-# same node; a node that disappears takes its disk with it); on a shared NFSv4 mount Linux
-# maps flock to NFS byte-range locks, which the server releases when the dead client's lease
-# expires (~90 s).
-
-SLOT_LOCK = ".owner.lock"
-
-
-class SpoolSlot:
-    """Exclusive ownership of one spool slot directory (an ``flock`` held until released)."""
-
-    def __init__(self, path: Path, fd: int) -> None:
-        self.path = path
-        self._fd: int | None = fd
-
-    @classmethod
-    def try_acquire(cls, path: Path) -> SpoolSlot | None:
-        """Own ``path`` (created if missing), or None if a live process owns it."""
-        path.mkdir(parents=True, exist_ok=True)
-        lock_path = path / SLOT_LOCK
-        while True:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            # The lock is on the inode we opened: it must still be the file at that path
-            # (if someone replaced the file meanwhile, a third process could lock the new one).
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                # For humans looking at a spool: who owns it. Not used for the decision.
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-                return cls(path, fd)
-            os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        """Give the slot up (idempotent)."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-
-def claim_slot(root: Path, preferred: str, attempts: int = 64) -> SpoolSlot:
-    """Own ``root/preferred``, or the first free ``root/preferred-<n>`` (e.g. while the
-    previous holder of the same Serve rank is still shutting down); a process-unique name
-    as the last resort."""
-    for n in range(attempts):
-        slot = SpoolSlot.try_acquire(root / (preferred if n == 0 else f"{preferred}-{n}"))
-        if slot is not None:
-            return slot
-    slot = SpoolSlot.try_acquire(root / f"{preferred}-pid{os.getpid()}-{secrets.token_hex(4)}")
-    if slot is None:  # a fresh random name cannot be locked by anyone else
-        raise RuntimeError(f"cannot own a spool slot under {root}")
-    return slot
-
-
-def _pending_batches(slot_dir: Path) -> list[Path]:
-    """Spool directories (``<slot>/<client>``) with batch files waiting."""
-    return [sub for sub in sorted(slot_dir.iterdir())
-            if sub.is_dir() and any(sub.glob("*/[0-9]*.json"))]
-
-
-def adopt_orphan_spools(root: Path, own: str, replay: Callable[[Path], int]) -> dict[str, int]:
-    """Replay the spools of every slot under ``root`` whose owner is gone (``own`` is this
-    process's slot). ``replay(spool_dir)`` sends one spool directory and returns the number of
-    batches sent. Returns ``{slot: batches sent}`` for the slots adopted."""
-    adopted: dict[str, int] = {}
-    if not root.is_dir():
-        return adopted
-    for slot_dir in sorted(root.iterdir()):
-        if slot_dir.name == own or not slot_dir.is_dir():
-            continue
-        pending = _pending_batches(slot_dir)
-        if not pending:
-            continue  # nothing to replay: leave the lock alone
-        slot = SpoolSlot.try_acquire(slot_dir)
-        if slot is None:
-            continue  # its owner (or another adopter) is alive
-        try:
-            adopted[slot_dir.name] = sum(replay(sub) for sub in _pending_batches(slot_dir))
-        except Exception:  # noqa: BLE001 - try again next round; the files stay
-            log.warning("replaying orphaned spool %s failed", slot_dir, exc_info=True)
-        finally:
-            slot.release()
-    return adopted
-
-
-class SpoolAdopter:
-    """A daemon thread running :func:`adopt_orphan_spools` every ``interval_s``."""
-
-    def __init__(self, root: Path, own: str, replay: Callable[[Path], int], *,
-                 interval_s: float = 30.0) -> None:
-        self.root, self.own, self.replay, self.interval_s = root, own, replay, interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="inventiv-spool-adopter",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                adopted = adopt_orphan_spools(self.root, self.own, self.replay)
-                if adopted:
-                    log.info("replayed orphaned spools: %s", adopted)
-            except Exception:  # noqa: BLE001 - the adopter must survive anything
-                log.exception("spool adoption failed")
-            self._stop.wait(self.interval_s)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None

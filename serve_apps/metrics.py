@@ -46,12 +46,12 @@ class Counter(ray_metrics.Counter):
 
     def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
         if not isinstance(value, int | float) or value <= 0:
-            super().inc(value, tags)  # Ray's own errors for bad values
+            super().inc(value, tags or {})  # Ray's own errors for bad values
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            super().inc(value, tags)
+            super().inc(value, tags or {})
             return
         key = tuple(sorted(tags.items())) if tags else ()
         self._pending[key] = self._pending.get(key, 0.0) + value

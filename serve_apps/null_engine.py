@@ -1,4 +1,7 @@
-"""A deterministic, fast stand-in for vLLM inside Ray Serve LLM, for benchmarks.
+"""A deterministic, fast stand-in for vLLM inside Ray Serve LLM, for benchmarks and tests (not
+part of the library: replicas import it from the checkout, which must be on their ``sys.path``:
+a driver's working directory is, for the replicas of the Serve it starts; the laptop head puts
+the checkout on ``PYTHONPATH``).
 
 Ray Serve LLM's ``LLMServer`` builds its engine from ``RAYLLM_VLLM_ENGINE_CLS`` when that
 environment variable names a class (``module.Class``), in place of its ``VLLMEngine``. Set it in
@@ -39,15 +42,6 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionResponse,
-    ChatCompletionStreamResponse,
-    CompletionResponse,
-    CompletionStreamResponse,
-    ErrorInfo,
-    ErrorResponse,
-)
-from ray.llm._internal.serve.core.engine.protocol import LLMEngine
 from vllm.entrypoints.generate.base.protocol import DeltaMessage
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionResponseChoice,
@@ -59,6 +53,16 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
 )
 from vllm.entrypoints.serve.engine.protocol import UsageInfo
+
+from core.ray_private import (
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    CompletionResponse,
+    CompletionStreamResponse,
+    ErrorInfo,
+    ErrorResponse,
+    LLMEngine,
+)
 
 TOKEN_DELAY_ENV = "INVENTIV_NULL_TOKEN_DELAY_S"  # noqa: S105 - a variable name
 ENGINE_CLS_PATH = "serve_apps.null_engine.NullEngine"

@@ -246,16 +246,6 @@ class RateLimiterActor:
     def __init__(self) -> None:
         self.windows = RateWindows()
 
-    def admit(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
-              tokens: float, budget: BudgetAsk | None = None) -> tuple[float, str]:
-        return self.windows.admit(key, reservation, rpm, tpm, tokens, budget)
-
-    def settle(self, key: str, reservation: str, tokens: float, cost_eur: float | None = None
-               ) -> None:
-        self.windows.settle(key, reservation, tokens)
-        if cost_eur is not None:
-            self.windows.settle_cost(key, reservation, cost_eur)
-
     def admit_lease(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
                     tokens: float, budget: BudgetAsk | None, lease_id: str, duration_s: float
                     ) -> tuple[float, str, tuple[float, float] | None]:
@@ -274,10 +264,12 @@ class RateLimiterActor:
         for op, key, reservation, a, b in settlements:
             if op == "adjust":
                 self.windows.adjust(key, reservation, a, b or 0)
-            else:
-                self.settle(key, reservation, a, b)
+                continue
+            self.windows.settle(key, reservation, a)
+            if b is not None:
+                self.windows.settle_cost(key, reservation, b)
 
-    def usage(self, key: str) -> tuple[int, float]:
+    def usage(self, key: str) -> tuple[float, float]:
         return self.windows.usage(key)
 
 

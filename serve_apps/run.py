@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from core.ray_private import wait_app_running
 from core.spec import DeploymentFile, SpecError, load_spec_file
-from serve_apps.builder import REPLICA_ACTOR_CPUS, IngressOptions, build_app
+from serve_apps.builder import REPLICA_ACTOR_CPUS, build_app
+from serve_apps.options import IngressOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,22 +53,6 @@ def local_resources(spec: DeploymentFile) -> tuple[int, dict[str, float]]:
     return max(os.cpu_count() or 1, math.ceil(cpus)), resources
 
 
-def wait_running(name: str, timeout: float) -> float:
-    """Seconds until the app is RUNNING; raises with Serve's message if it fails."""
-    from ray import serve
-
-    started = time.monotonic()
-    while True:
-        app = serve.status().applications.get(name)
-        if app is not None and app.status == "RUNNING":
-            return time.monotonic() - started
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"{name}: {app.status}: {app.message}")
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{name} not RUNNING after {timeout:.0f} s")
-        time.sleep(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -93,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         serve.run(build_app(spec, options), name=args.app_name, route_prefix="/",
                   blocking=False)
-        wait_running(args.app_name, args.timeout)
+        wait_app_running(args.app_name, args.timeout)
         took = time.monotonic() - started
         models = ", ".join(d.model.name for d in spec.deployments)
         print(f"serving {models} at http://{args.host}:{args.port}/v1 "  # noqa: T201

@@ -172,12 +172,12 @@ def test_continuous_usage_counts_up_on_every_chunk(engine: NullEngine) -> None:
 
 
 def test_prompt_tokens_are_counted_as_the_ingress_counts_them(engine: NullEngine) -> None:
-    from serve_apps.ingress import _chat_tokens
+    from serve_apps.validation import count_chat_tokens
 
     messages = [{"role": "system", "content": "Be brief."},
                 {"role": "user", "content": "Tell me about the sea, in a few words."}]
     assert engine.tokenizer is not None
-    assert engine.count_chat_prompt(messages) == _chat_tokens(engine.tokenizer, messages)
+    assert engine.count_chat_prompt(messages) == count_chat_tokens(engine.tokenizer, messages)
 
 
 def test_our_meter_reads_usage_from_the_null_engine_stream(engine: NullEngine) -> None:

@@ -128,8 +128,8 @@ def test_batched_settlements_apply_in_order_and_a_failing_send_is_survived() -> 
 
     actor = RateLimiterActor()
     actor.windows = RateWindows(Clock())
-    assert actor.admit("k", "a", None, 1000, 800) == (0.0, "")
-    assert actor.admit("k", "b", None, 1000, 100) == (0.0, "")
+    assert actor.windows.admit("k", "a", None, 1000, 800) == (0.0, "")
+    assert actor.windows.admit("k", "b", None, 1000, 100) == (0.0, "")
     actor.settle_many([("settle", "k", "a", 50, None), ("settle", "k", "b", 20, None),
                        ("settle", "k", "gone", 5, None)])
     assert actor.usage("k") == (2, 70)

@@ -18,8 +18,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.models import UsageRecord
-from serve_apps.ingress import _replay_spool
-from serve_apps.metering import SLOT_LOCK, SpoolSlot, adopt_orphan_spools, claim_slot
+from serve_apps.spools import (
+    SLOT_LOCK,
+    SpoolSlot,
+    adopt_orphan_spools,
+    claim_slot,
+    replay_spool,
+)
 from tests.client.conftest import ServerThread, free_port, live_server, servers  # noqa: F401
 from tests.conftest import SERVICE_TOKEN
 
@@ -31,7 +36,7 @@ REPLICA = textwrap.dedent("""
     from datetime import UTC, datetime
     from pathlib import Path
     from control_api.client.internal import InternalClient
-    from serve_apps.metering import claim_slot
+    from serve_apps.spools import claim_slot
 
     root, preferred, url, token, n = sys.argv[1:6]
     slot = claim_slot(Path(root), preferred)
@@ -113,7 +118,7 @@ def test_orphaned_spool_is_replayed_once_by_a_live_replica(
     me = claim_slot(root, "rank-2")  # this test process plays the adopting replica
 
     def replay(spool_dir: Path) -> int:
-        return _replay_spool(live_server.url, SERVICE_TOKEN, spool_dir)
+        return replay_spool(live_server.url, SERVICE_TOKEN, spool_dir)
 
     # While their owners live, nobody touches their spools.
     assert adopt_orphan_spools(root, me.path.name, replay) == {}
@@ -140,7 +145,7 @@ def test_orphaned_spool_is_replayed_once_by_a_live_replica(
     # Control API unreachable: nothing is lost, the files wait for the next round.
     alive.kill()
     assert adopt_orphan_spools(root, me.path.name,
-                               lambda d: _replay_spool(down, SERVICE_TOKEN, d)) == {"rank-0": 0}
+                               lambda d: replay_spool(down, SERVICE_TOKEN, d)) == {"rank-0": 0}
     assert len(spooled(root / "rank-0")) == 1
     # Another live adopter holding the orphan's lock: skipped, not replayed twice.
     other = SpoolSlot.try_acquire(root / "rank-0")

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from serve_apps.ingress import ReplicaProbe
-from serve_apps.limits import ColdStartHold
+from serve_apps.probe import ColdStartHold, ReplicaProbe
 from serve_apps.protocol import OpenAIError
 
 
