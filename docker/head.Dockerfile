@@ -22,6 +22,7 @@ RUN python -m venv /opt/inventiv/venv
 ENV PATH=/opt/inventiv/venv/bin:$PATH
 WORKDIR /opt/inventiv/app
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY control_api ./control_api
 COPY finops ./finops
 COPY cluster ./cluster
