@@ -3,6 +3,9 @@ control API client (`control_api.client.api`)."""
 
 from __future__ import annotations
 
+from importlib import metadata
+from typing import Annotated
+
 import typer
 
 from cli import (
@@ -30,6 +33,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,  # errors are one line; a traceback means a bug
 )
+
+DISTRIBUTION = "inventiv-agents"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{DISTRIBUTION} {metadata.version(DISTRIBUTION)}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print the installed version and exit.")] = False,
+) -> None:
+    # No docstring: the help text is the Typer's; this callback only carries global options.
+    del version
+
 
 app.add_typer(api.app, name="api")
 app.add_typer(db.app, name="db")

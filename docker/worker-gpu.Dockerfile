@@ -27,7 +27,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/inventiv/venv
 ENV PATH=/opt/inventiv/venv/bin:$PATH
-WORKDIR /opt/inventiv/app
+# The sources are only the build's input: the runtime stage copies the venv, not this directory.
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY core ./core
 COPY control_api ./control_api
@@ -37,17 +38,20 @@ COPY serve_apps ./serve_apps
 COPY autoscaler ./autoscaler
 COPY cli ./cli
 COPY configs ./configs
+# A regular (non-editable) install: our packages and their package data live in the venv. The
+# check runs from / so that nothing is imported from these sources.
 RUN set -e; \
     pip install --upgrade pip; \
-    pip install -e ".[gpu]" "vllm==${VLLM_VERSION}" "ray[serve]==2.60.0"; \
-    python -c "import ray.serve.llm, serve_apps.ingress"
+    pip install ".[gpu]" "vllm==${VLLM_VERSION}" "ray[serve]==2.60.0"; \
+    cd /; \
+    python -c "import ray.serve.llm, serve_apps.ingress, configs; configs.path('catalog', 'seed.yaml').read_text()"
 
 FROM ${PYTHON_IMAGE}
 # Triton JIT-compiles small C launchers at run time: the worker keeps a C compiler.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /opt/inventiv /opt/inventiv
+COPY --from=build /opt/inventiv/venv /opt/inventiv/venv
 # No secret is baked in: the Ray token is mounted read-only and named by RAY_AUTH_TOKEN_PATH.
 # Runs as root: cluster/bootstrap.py mounts the VM's root-only (0600) token file.
 ENV PATH=/opt/inventiv/venv/bin:$PATH \
@@ -57,5 +61,5 @@ ENV PATH=/opt/inventiv/venv/bin:$PATH \
     RAY_USAGE_STATS_ENABLED=0 \
     VLLM_NO_USAGE_STATS=1 \
     HF_HOME=/var/cache/huggingface
-WORKDIR /opt/inventiv/app
+WORKDIR /opt/inventiv
 CMD ["sh", "-c", "exec ray start --address=\"${RAY_HEAD:?set RAY_HEAD=<head private ip>:6379}\" --block --disable-usage-stats ${RAY_START_ARGS:-}"]
