@@ -9,16 +9,8 @@ import typer
 
 from cli.output import JsonOpt, fail, info, print_json, print_table
 from cluster.cluster_config import ClusterConfigError, ClusterFile, load_cluster
-from cluster.head import (
-    HeadError,
-    HeadInfo,
-    down_local,
-    down_scaleway,
-    scaleway_cloud_for,
-    status_local,
-    up_local,
-    up_scaleway,
-)
+from cluster.errors import ClusterError
+from cluster.head import HeadInfo, head_for
 from core.clouds import CloudError
 
 app = typer.Typer(help="Ray clusters: start the head (local process or Scaleway VM), stop "
@@ -49,12 +41,9 @@ def up(
     cluster = _load(file)
     say = (lambda _m: None) if json_out else info
     try:
-        if cluster.cloud == "local":
-            head = up_local(cluster, state_dir=state_dir, update_interval_s=update_interval,
-                            on_progress=say)
-        else:
-            head = up_scaleway(cluster, state_dir=state_dir, on_progress=say)
-    except (HeadError, CloudError, OSError) as exc:
+        head = head_for(cluster).up(state_dir=state_dir, update_interval_s=update_interval,
+                                    on_progress=say)
+    except (ClusterError, CloudError, OSError) as exc:
         raise fail("cluster_up_failed", str(exc)) from None
     if json_out:
         print_json(_head_json(head))
@@ -72,13 +61,8 @@ def down(file: FileOpt, state_dir: StateDirOpt = None, json_out: JsonOpt = False
     cluster = _load(file)
     say = (lambda _m: None) if json_out else info
     try:
-        if cluster.cloud == "local":
-            report = down_local(cluster, state_dir=state_dir, on_progress=say)
-            result = {"head_stopped": report.head_stopped, "nodes_stopped": report.nodes_stopped,
-                      "stray_groups_killed": report.stray_groups_killed}
-        else:
-            result = {"vms_terminated": down_scaleway(cluster, on_progress=say)}
-    except (HeadError, CloudError, OSError) as exc:
+        result = head_for(cluster).down(state_dir=state_dir, on_progress=say).as_dict()
+    except (ClusterError, CloudError, OSError) as exc:
         raise fail("cluster_down_failed", str(exc)) from None
     if json_out:
         print_json(result)
@@ -91,17 +75,11 @@ def status(file: FileOpt, state_dir: StateDirOpt = None, json_out: JsonOpt = Fal
     """The cluster's instances (cloud listing) and its Ray nodes."""
     cluster = _load(file)
     try:
-        if cluster.cloud == "local":
-            report = status_local(cluster, state_dir=state_dir)
-            instances, ray_nodes, ray_error = report.instances, report.ray_nodes, \
-                report.ray_error
-            head = report.head
-        else:
-            instances = scaleway_cloud_for(cluster).list_instances(cluster.cluster_name)
-            ray_nodes, ray_error = [], None
-            head = HeadInfo.load((state_dir or cluster.resolved_state_dir()).expanduser())
-    except (CloudError, OSError) as exc:
+        report = head_for(cluster).status(state_dir=state_dir)
+    except (ClusterError, CloudError, OSError) as exc:
         raise fail("cluster_status_failed", str(exc)) from None
+    instances, ray_nodes, ray_error, head = report.instances, report.ray_nodes, \
+        report.ray_error, report.head
     rows = [{"provider_instance_id": i.provider_instance_id, "launch_id": i.launch_id,
              "node_type": i.node_type, "instance_type": i.instance_type, "zone": i.zone,
              "state": i.state.value, "private_ip": i.private_ip, "public_ip": i.public_ip,

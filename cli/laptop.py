@@ -6,7 +6,8 @@
    dir (or ``INVENTIV_DATABASE_URL``), with a generated service token (0600 file) and the Serve
    settings (``INVENTIV_RAY_DASHBOARD_URL``, ``INVENTIV_RAY_AUTH_TOKEN_FILE``,
    ``INVENTIV_SERVE_*``), so it applies deployments to Serve itself;
-2. a Ray head with token auth and the ``local`` cloud autoscaler (:func:`cluster.head.up_local`),
+2. a Ray head with token auth and the ``local`` cloud autoscaler
+   (:func:`cluster.clouds.local_head.up_local`),
    whose node provider reports every node's lifecycle to that control API (FinOps sees the nodes);
 3. the deployment files, stored THROUGH the control API (the same call as ``inventiv deploy -f``),
    which PUTs them to Serve's REST API; ``up`` waits until the Serve application is RUNNING and
@@ -27,7 +28,9 @@ Everything lives under one state dir (default ``~/.inventiv/laptop``, mode 0700)
 
 Every process ``up`` starts carries a marker in its environment (``INVENTIV_LAPTOP_STATE_DIR``
 for the control API; the local cloud's marker for Ray), so ``down`` finds and stops them even
-after a crash, and never touches another cluster (no ``ray stop``).
+after a crash, and never touches another cluster (no ``ray stop``). Processes are looked at
+through :mod:`core.procs` (psutil), so ``down`` and ``status`` work where ``/proc`` does not exist
+(macOS).
 """
 
 from __future__ import annotations
@@ -51,10 +54,12 @@ from typing import Any
 import httpx
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+import configs
+from core import procs
+
 DEFAULT_STATE_DIR = Path("~/.inventiv/laptop")
-DEFAULT_CLUSTER_FILE = REPO_ROOT / "configs" / "clusters" / "local.yaml"
-DEFAULT_DEPLOYMENTS_FILE = REPO_ROOT / "configs" / "deployments" / "local.yaml"
+DEFAULT_CLUSTER_FILE = configs.path("clusters", "local.yaml")
+DEFAULT_DEPLOYMENTS_FILE = configs.path("deployments", "local.yaml")
 MARKER_ENV = "INVENTIV_LAPTOP_STATE_DIR"
 STATE_FILE = "laptop.json"
 API_LOG = "control-api.log"
@@ -228,49 +233,19 @@ def check_ports(host: str, wanted: Mapping[str, int]) -> None:
                                          "it or choose another port")
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return raw[raw.rfind(")") + 2:].split()[0] not in ("Z", "X")
-
-
 def find_marked_processes(state_dir: Path) -> list[int]:
     """Live processes whose environment carries this laptop state dir's marker."""
-    marker = f"{MARKER_ENV}={state_dir}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0") and _alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return [p.pid for p in procs.find_marked(MARKER_ENV, str(state_dir))]
 
 
 def stop_process_group(pid: int, grace_s: float = 10.0) -> bool:
-    """SIGTERM the group led by ``pid``, SIGKILL it after ``grace_s``; ``True`` if it ran."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            break
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    """SIGTERM the group led by ``pid``, SIGKILL what is left after ``grace_s``; ``True`` if
+    it ran."""
+    stopped = procs.stop_group(pid, grace_s)
     # Reap it when it is our child (tests start and stop in one process).
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
-    return True
+    return stopped
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -314,13 +289,17 @@ def control_api_env(state: Path, st: LaptopState, base: Mapping[str, str] | None
 
 def start_control_api(state: Path, st: LaptopState) -> int:
     """``inventiv api serve`` in its own session (log in the state dir); returns its pid."""
+    from cluster.head import PACKAGES_DIR
+
     log_path = state / API_LOG
     argv = [sys.executable, "-m", "cli.main", "api", "serve", "--host", st.host,
             "--port", str(st.api_port)]
     with open(log_path, "ab") as log_file:
+        # cwd: `-m` puts it first on sys.path, so the API imports the packages this CLI runs
+        # (the checkout or the installed wheel), never a same-named folder of the user's cwd.
         proc = subprocess.Popen(argv, env=control_api_env(state, st), stdout=log_file,  # noqa: S603
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(REPO_ROOT), start_new_session=True, close_fds=True)
+                                cwd=str(PACKAGES_DIR), start_new_session=True, close_fds=True)
     return proc.pid
 
 
@@ -336,7 +315,7 @@ def wait_control_api(url: str, pid: int, log_path: Path, timeout_s: float = 60.0
     while time.monotonic() < deadline:
         if api_healthy(url):
             return
-        if not _alive(pid):
+        if not procs.alive(pid):
             raise LaptopError("control_api_failed", f"the control API exited; {log_path}:\n"
                                                     f"{_tail(log_path)}")
         time.sleep(0.3)
@@ -399,8 +378,8 @@ def _load_effective_cluster(state: Path) -> Any | None:
 
 def worker_instances(cluster: Any, state: Path) -> list[Any]:
     """The cluster's live worker nodes (the local cloud's table)."""
+    from cluster.clouds.local_head import local_cloud_for
     from cluster.cluster_config import HEAD_NODE_TYPE
-    from cluster.head import local_cloud_for
 
     cloud = local_cloud_for(cluster, state / CLUSTER_DIR)
     return [i for i in cloud.list_instances(cluster.cluster_name)
@@ -569,7 +548,9 @@ def deploy_files(client: Any, files: Sequence[Path], say: Say) -> None:
 def up(opts: UpOptions, say: Say | None = None) -> UpResult:
     """Start (or find running) the control API, the Ray head and the Serve app; return the
     endpoints and key once the OpenAI endpoint answers. Idempotent."""
-    from cluster.head import HeadError, ensure_token, up_local
+    from cluster.clouds.local_head import up_local
+    from cluster.errors import ClusterError
+    from cluster.head import ensure_token
     from control_api.client.api import ControlApiClient, ControlApiError
     from core.clouds import CloudError
     from serve_apps.tiny_model import cached_tiny_model
@@ -583,7 +564,7 @@ def up(opts: UpOptions, say: Say | None = None) -> UpResult:
             raise LaptopError("invalid_deployment", f"{f}: no such file")
 
     previous = LaptopState.load(state)
-    api_running = previous is not None and _alive(previous.api_pid) and \
+    api_running = previous is not None and procs.alive(previous.api_pid) and \
         api_healthy(previous.api_url)
     if api_running:
         assert previous is not None
@@ -627,7 +608,7 @@ def up(opts: UpOptions, say: Say | None = None) -> UpResult:
     try:
         up_local(cluster, state_dir=state / CLUSTER_DIR,
                  update_interval_s=opts.update_interval_s, on_progress=say)
-    except (HeadError, CloudError, OSError) as exc:
+    except (ClusterError, CloudError, OSError) as exc:
         raise LaptopError("cluster_up_failed", f"{exc} (node logs: "
                                                f"{state / CLUSTER_DIR / 'nodes'})") from None
 
@@ -670,7 +651,7 @@ def up(opts: UpOptions, say: Say | None = None) -> UpResult:
 
 def worker_or_head_running(cluster: Any, state: Path) -> list[Any]:
     """The cluster's live instances (head included)."""
-    from cluster.head import local_cloud_for
+    from cluster.clouds.local_head import local_cloud_for
 
     if not (state / CLUSTER_DIR).exists():
         return []
@@ -713,7 +694,9 @@ def _report_terminated(state: Path, st: LaptopState | None, cluster: Any,
 def down(state_dir: Path | str, *, purge: bool = False, say: Say | None = None) -> DownResult:
     """Stop the Ray cluster (head first, then every node) and the control API; keep the data
     (database, keys) unless ``purge``. Idempotent."""
-    from cluster.head import HeadError, HeadInfo, down_local
+    from cluster.clouds.local_head import down_local
+    from cluster.errors import ClusterError
+    from cluster.head import HeadInfo
 
     say = say or (lambda _m: None)
     state = resolve_state_dir(state_dir)
@@ -728,7 +711,7 @@ def down(state_dir: Path | str, *, purge: bool = False, say: Say | None = None) 
         nodes = worker_instances(cluster, state)
         try:
             report = down_local(cluster, state_dir=state / CLUSTER_DIR, on_progress=say)
-        except HeadError as exc:
+        except ClusterError as exc:
             raise LaptopError("cluster_down_failed", str(exc)) from None
         result.head_stopped = report.head_stopped
         result.nodes_stopped = report.nodes_stopped
@@ -736,7 +719,7 @@ def down(state_dir: Path | str, *, purge: bool = False, say: Say | None = None) 
         result.lifecycle_reported = _report_terminated(state, st, cluster, nodes)
         if head is not None and head.temp_dir and head.temp_dir.startswith("/tmp/ia-"):  # noqa: S108
             shutil.rmtree(head.temp_dir, ignore_errors=True)
-    if st is not None and st.api_pid and _alive(st.api_pid):
+    if st is not None and st.api_pid and procs.alive(st.api_pid):
         say(f"stopping the control API (pid {st.api_pid})")
         result.control_api_stopped = stop_process_group(st.api_pid)
     for pid in find_marked_processes(state):
@@ -768,7 +751,7 @@ def status(state_dir: Path | str) -> dict[str, Any]:
     cluster = _load_effective_cluster(state)
     instances = worker_or_head_running(cluster, state) if cluster is not None else []
     head = HeadInfo.load(state / CLUSTER_DIR)
-    api_up = _alive(st.api_pid) and api_healthy(st.api_url)
+    api_up = procs.alive(st.api_pid) and api_healthy(st.api_url)
     out.update({
         "running": api_up or bool(instances),
         "control_api": {"url": st.api_url, "pid": st.api_pid, "healthy": api_up,

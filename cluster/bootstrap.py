@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from cluster.errors import ClusterError
+
 UNIT_NAME = "inventiv-ray-node.service"
 DEFAULT_TOKEN_PATH = "/etc/inventiv/ray_token"  # noqa: S105 (a path, not a secret)
 CONTAINER_TOKEN_PATH = "/run/secrets/ray_token"  # noqa: S105 (a path)
@@ -42,7 +44,7 @@ _RESERVED_ENV = frozenset({"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PA
                            "RAY_CLOUD_INSTANCE_ID", "RAY_NODE_TYPE_NAME"})
 
 
-class BootstrapError(ValueError):
+class BootstrapError(ClusterError, ValueError):
     """The node's bootstrap parameters are invalid (nothing is rendered)."""
 
 

@@ -7,11 +7,11 @@ what ``ray start --head --autoscaling-config=...`` reads: an ``external`` provid
 SSH) and every command-list key present as an empty list -- the monitor dies with a ``KeyError``
 (visible only in ``logs/monitor.err``) when one is missing.
 
-Node type resources default to the catalog: a ``local`` type advertises the seed's
-``ray_resources`` (e.g. ``{CPU: 2, local_gpu_slot: 1, "accelerator_type:L4": 1}``, the custom
-slot is what a CPU vLLM replica asks for); a Scaleway type advertises its vCPUs, GPUs and
-``accelerator_type:<model>``. The same resources go to the local cloud's instance types, so what
-the autoscaler plans with is what the node advertises.
+Node type resources default to the catalog (:func:`core.catalog.load_catalog`): a ``local``
+type advertises the seed's ``ray_resources`` (e.g. ``{CPU: 2, local_gpu_slot: 1,
+"accelerator_type:L4": 1}``, the custom slot is what a CPU vLLM replica asks for); a Scaleway
+type advertises its vCPUs, GPUs and ``accelerator_type:<model>``. The same resources go to the
+local cloud's instance types, so what the autoscaler plans with is what the node advertises.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.errors import ClusterError
+from core.catalog import Catalog, CatalogError, load_catalog
+
 PROVIDER_MODULE = "cluster.node_provider.InventivNodeProvider"
 HEAD_NODE_TYPE = "head"
 # Every command-list key of the Ray cluster YAML (all required with an external provider).
@@ -34,10 +37,9 @@ COMMAND_KEYS = (
 _NAME = r"^[a-z][a-z0-9-]{0,39}$"
 _NODE_TYPE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
 _RESOURCE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,127}$")
-DEFAULT_CATALOG = Path(__file__).resolve().parents[1] / "configs" / "catalog" / "seed.yaml"
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(ClusterError, ValueError):
     """The cluster file is invalid; the message names the file and the field."""
 
 
@@ -214,39 +216,34 @@ def load_cluster(path: Path | str) -> ClusterFile:
 # ------------------------------------------------------------------------------ resources
 
 
-def _catalog(path: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    with open(path or DEFAULT_CATALOG) as f:
-        data = yaml.safe_load(f) or {}
-    return {p["code"]: {t["name"]: t for t in p.get("instance_types", [])}
-            for p in data.get("providers", [])}
-
-
 def default_resources(cloud: str, instance_type: str,
-                      catalog: dict[str, dict[str, dict[str, Any]]] | None = None
-                      ) -> dict[str, int]:
-    """A node type's Ray resources from the catalog (raises if the type is unknown)."""
-    catalog = catalog if catalog is not None else _catalog()
-    types = catalog.get(cloud, {})
-    entry = types.get(instance_type)
-    if entry is None:
+                      catalog: Catalog | None = None) -> dict[str, int]:
+    """A node type's Ray resources from the catalog (default: the shipped seed, through
+    :func:`core.catalog.load_catalog`); :class:`ClusterConfigError` if the type is unknown."""
+    catalog = catalog if catalog is not None else load_catalog()
+    if not catalog.has_provider(cloud):
         raise ClusterConfigError(
             f"instance type {instance_type!r} is not in the {cloud} catalog: set its "
             "resources explicitly")
-    if entry.get("ray_resources"):
-        return {str(k): int(v) for k, v in entry["ray_resources"].items()}
-    out = {"CPU": int(entry.get("vcpus") or 1)}
-    if entry.get("gpu_count"):
-        out["GPU"] = int(entry["gpu_count"])
-        if entry.get("gpu_model"):
-            out[f"accelerator_type:{entry['gpu_model']}"] = 1
+    try:
+        entry = catalog.provider(cloud).instance_type(instance_type)
+    except CatalogError as exc:
+        # The message names the known types; ours says what to do about it.
+        raise ClusterConfigError(f"{exc}: set its resources explicitly") from None
+    if entry.ray_resources:
+        return {str(k): int(v) for k, v in entry.ray_resources.items()}
+    out = {"CPU": int(entry.vcpus or 1)}
+    if entry.gpu_count:
+        out["GPU"] = int(entry.gpu_count)
+        if entry.gpu_model:
+            out[f"accelerator_type:{entry.gpu_model}"] = 1
     return out
 
 
 def node_type_resources(cluster: ClusterFile) -> dict[str, dict[str, int]]:
     """Resources of every worker node type (explicit, else from the catalog)."""
-    catalog = _catalog()
     return {name: dict(spec.resources) if spec.resources is not None
-            else default_resources(cluster.cloud, spec.instance_type, catalog)
+            else default_resources(cluster.cloud, spec.instance_type)  # the catalog is cached
             for name, spec in cluster.node_types.items()}
 
 

@@ -66,6 +66,7 @@ from core.clouds import (
     InvalidRequest,
     LaunchRequest,
 )
+from core.ray_private import GcsProbe
 
 log = logging.getLogger(__name__)
 
@@ -249,23 +250,10 @@ class LifecycleReporter:
 def gcs_membership(head_address: str, timeout_s: float = 3.0) -> Callable[[], dict[str, str]]:
     """A probe returning ``{RAY_CLOUD_INSTANCE_ID: ray node id}`` of the ALIVE Ray nodes.
 
-    Runs in the autoscaler monitor, which has the cluster token in its environment.
+    Runs in the autoscaler monitor, which has the cluster token in its environment; the GCS is
+    asked through the one probe of :mod:`core.ray_private` (its client is kept between calls).
     """
-    state: dict[str, Any] = {}
-
-    def probe() -> dict[str, str]:
-        from ray._raylet import GcsClient  # type: ignore[attr-defined]
-        from ray.core.generated import gcs_pb2
-
-        client = state.get("client")
-        if client is None:
-            client = state["client"] = GcsClient(address=head_address)
-        nodes = client.get_all_node_info(timeout=timeout_s)
-        alive = gcs_pb2.GcsNodeInfo.ALIVE  # type: ignore[attr-defined]
-        return {info.instance_id: node_id.hex() for node_id, info in nodes.items()
-                if info.state == alive and info.instance_id}
-
-    return probe
+    return GcsProbe(head_address, timeout_s).alive_instance_ids
 
 
 # ------------------------------------------------------------------------------ the provider

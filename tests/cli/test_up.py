@@ -17,6 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import configs
 from cli import laptop as lp
 from cli.config import load_credentials
 from cli.main import app as cli_app
@@ -131,7 +132,7 @@ def test_effective_cluster_fills_in_ports_state_and_control_api(tmp_path: Path) 
 
 def test_effective_cluster_refuses_a_scaleway_file(tmp_path: Path) -> None:
     with pytest.raises(lp.LaptopError) as err:
-        lp.effective_cluster(lp.REPO_ROOT / "configs" / "clusters" / "scaleway.yaml", tmp_path,
+        lp.effective_cluster(configs.path("clusters", "scaleway.yaml"), tmp_path,
                              _state(tmp_path))
     assert err.value.code == "invalid_cluster_file"
 

@@ -29,8 +29,9 @@ import uvicorn
 import yaml
 
 from cluster.clouds.local import find_marked
+from cluster.clouds.local_head import down_local, up_local
 from cluster.cluster_config import ClusterFile, load_cluster
-from cluster.head import HeadInfo, down_local, driver_env, up_local
+from cluster.head import HeadInfo, driver_env
 
 CLUSTER_NAME = "e2e"
 NODE_TYPE = "local-L4"

@@ -403,8 +403,8 @@ def scaleway_cluster(**head: Any) -> Any:
 
 def test_scaleway_up_creates_the_head_vm_with_its_cloud_init(
         scw: ScwEnv, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cluster.clouds.scaleway_head import down_scaleway, up_scaleway
     from cluster.fake_scaleway import FAKE_SECRET_KEY
-    from cluster.head import down_scaleway, up_scaleway
 
     cluster = scaleway_cluster()
     cloud = scw.cloud()
@@ -450,7 +450,7 @@ def test_scaleway_up_creates_the_head_vm_with_its_cloud_init(
 
 
 def test_exec_head_binds_ray_to_the_private_address(tmp_path: Path) -> None:
-    from cluster.head import exec_head
+    from cluster.clouds.scaleway_head import exec_head
 
     path = tmp_path / "head.json"
     path.write_text(json.dumps({"argv": ["/opt/ray", "start", "--head"],

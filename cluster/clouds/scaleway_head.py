@@ -1,0 +1,273 @@
+"""The Scaleway cloud's Ray head: a CPU VM booted by its cloud-init.
+
+``up`` creates the head VM through the adapter (:mod:`cluster.clouds.scaleway`: CPU type, public
+IP only for the HTTPS front door, security group, private network) with a cloud-init that writes
+the token, the rendered Ray YAML, the SCW credentials for the autoscaler (0600 files) and a
+systemd unit running ``python -m cluster.head exec-head``, which resolves the head's private
+address and execs ``ray start --head`` bound to it (:func:`exec_head`: Ray ports stay on the
+private network). ``down`` terminates every VM tagged with the cluster, workers first.
+
+Everything the head VM runs is rendered here (:func:`render_head_cloud_init`), in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.bootstrap import systemd_quote
+from cluster.cluster_config import HEAD_NODE_TYPE, ClusterFile, dump_ray_config, render_ray_config
+from cluster.head import (
+    TOKEN_FILE,
+    HeadInfo,
+    Progress,
+    StatusReport,
+    ensure_token,
+    head_argv,
+)
+from core.clouds import LaunchRequest
+
+SCW_TOKEN_PATH = "/etc/inventiv/ray_token"  # noqa: S105 (a path)
+SCW_SERVICE_TOKEN_PATH = "/etc/inventiv/service_token"  # noqa: S105 (a path)
+SCW_ENV_PATH = "/etc/inventiv/scw.env"
+SCW_RAY_YAML = "/etc/inventiv/ray-autoscaler.yaml"
+SCW_HEAD_JSON = "/etc/inventiv/head.json"
+SCW_STATE_DIR = "/var/lib/inventiv/cluster"
+HEAD_UNIT = "inventiv-ray-head.service"
+# The head VM's entry point, as its unit runs it (kept stable: units already deployed run it).
+EXEC_HEAD_MODULE = "cluster.head"
+SCW_ENV_KEYS = ("SCW_ACCESS_KEY", "SCW_SECRET_KEY", "SCW_DEFAULT_PROJECT_ID",
+                "SCW_DEFAULT_ORGANIZATION_ID", "SCW_API_URL")
+
+
+@dataclass
+class ScalewayDownReport:
+    """What ``down`` terminated."""
+
+    vms_terminated: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ScalewayHead:
+    """The Scaleway head of one cluster file, behind :class:`cluster.head.Head`.
+
+    ``cloud`` is the adapter to use (default: one configured from the cluster file, built on
+    first use so that nothing talks to Scaleway before a command needs it).
+    """
+
+    def __init__(self, cluster: ClusterFile, *, cloud: Any | None = None) -> None:
+        self.cluster = cluster
+        self._cloud = cloud
+
+    @property
+    def cloud(self) -> Any:
+        if self._cloud is None:
+            self._cloud = scaleway_cloud_for(self.cluster)
+        return self._cloud
+
+    def up(self, *, state_dir: Path | None = None, update_interval_s: int | None = None,
+           on_progress: Progress | None = None) -> HeadInfo:
+        # update_interval_s is not used: the VM's unit takes the cluster file's interval.
+        return up_scaleway(self.cluster, cloud=self.cloud, state_dir=state_dir,
+                           on_progress=on_progress)
+
+    def down(self, *, state_dir: Path | None = None,
+             on_progress: Progress | None = None) -> ScalewayDownReport:
+        return ScalewayDownReport(down_scaleway(self.cluster, cloud=self.cloud,
+                                                on_progress=on_progress))
+
+    def status(self, *, state_dir: Path | None = None) -> StatusReport:
+        return status_scaleway(self.cluster, cloud=self.cloud, state_dir=state_dir)
+
+
+def scaleway_head_address(cluster: ClusterFile) -> str:
+    """``host:port`` workers join: explicit, or ``<cluster>-head.<private network>.internal``."""
+    if cluster.head.address:
+        return cluster.head.address
+    assert cluster.scaleway is not None and cluster.scaleway.private_network_name
+    return f"{cluster.cluster_name}-head.{cluster.scaleway.private_network_name}.internal:" \
+           f"{cluster.head.port or 6379}"
+
+
+def render_head_cloud_init(cluster: ClusterFile, *, head_instance_id: str, ray_token: str,
+                           scw_env: Mapping[str, str], service_token: str | None = None
+                           ) -> str:
+    """The head VM's ``#cloud-config``: secrets in 0600 files, the head as a systemd unit."""
+    from cluster.bootstrap import dump_cloud_config  # the same YAML dumper as workers
+
+    address = scaleway_head_address(cluster)
+    ray_config = render_ray_config(
+        cluster, head_address=address, head_instance_id=head_instance_id,
+        token_path=SCW_TOKEN_PATH, state_dir=SCW_STATE_DIR,
+        service_token_file=SCW_SERVICE_TOKEN_PATH if service_token else None)
+    host = address.rsplit(":", 1)[0]
+    argv = head_argv(ray_executable=cluster.head.ray_executable, port=cluster.head.port or 6379,
+                     dashboard_port=cluster.head.dashboard_port or 8265,
+                     dashboard_host="127.0.0.1", include_dashboard=cluster.head.include_dashboard,
+                     ray_client_server_port=cluster.head.ray_client_server_port or 10001,
+                     dashboard_agent_listen_port=cluster.head.dashboard_agent_listen_port,
+                     temp_dir=cluster.head.temp_dir, ray_config_path=SCW_RAY_YAML)
+    exec_config = {"argv": argv, "resolve_host": host, "resolve_timeout_s": 300}
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": SCW_TOKEN_PATH,
+           "RAY_CLOUD_INSTANCE_ID": head_instance_id, "RAY_NODE_TYPE_NAME": HEAD_NODE_TYPE,
+           "RAY_enable_autoscaler_v2": "1",
+           "AUTOSCALER_UPDATE_INTERVAL_S": str(cluster.autoscaler.update_interval_s),
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    exec_start = " ".join([cluster.head.python_executable,
+                           *(systemd_quote(a) for a in ("-m", EXEC_HEAD_MODULE, "exec-head",
+                                                        SCW_HEAD_JSON))])
+    unit = "\n".join([
+        "[Unit]", "Description=Inventiv Ray head (autoscaler v2)",
+        "After=network-online.target", "Wants=network-online.target", "",
+        "[Service]", "Type=simple", "Restart=always", "RestartSec=5",
+        f"EnvironmentFile={SCW_ENV_PATH}",
+        *(f"Environment={systemd_quote(f'{k}={v}', exec_line=False)}" for k, v in env.items()),
+        f"ExecStart={exec_start}", "", "[Install]", "WantedBy=multi-user.target", ""])
+    env_file = "".join(f"{k}={v}\n" for k, v in scw_env.items() if k in SCW_ENV_KEYS and v)
+    files: list[dict[str, Any]] = [
+        {"path": SCW_TOKEN_PATH, "content": ray_token, "owner": "root:root",
+         "permissions": "0600"},
+        {"path": SCW_ENV_PATH, "content": env_file, "owner": "root:root",
+         "permissions": "0600"},
+        {"path": SCW_RAY_YAML, "content": dump_ray_config(ray_config), "owner": "root:root",
+         "permissions": "0644"},
+        {"path": SCW_HEAD_JSON, "content": json.dumps(exec_config, indent=1),
+         "owner": "root:root", "permissions": "0644"},
+        {"path": f"/etc/systemd/system/{HEAD_UNIT}", "content": unit, "owner": "root:root",
+         "permissions": "0644"},
+    ]
+    if service_token:
+        files.insert(1, {"path": SCW_SERVICE_TOKEN_PATH, "content": service_token,
+                         "owner": "root:root", "permissions": "0600"})
+    config = {"package_update": False, "package_upgrade": False, "write_files": files,
+              "runcmd": [["mkdir", "-p", SCW_STATE_DIR], ["systemctl", "daemon-reload"],
+                         ["systemctl", "enable", "--now", HEAD_UNIT]]}
+    return dump_cloud_config(config)
+
+
+def scaleway_cloud_for(cluster: ClusterFile) -> Any:
+    """The Scaleway adapter configured from the cluster file (credentials from ``SCW_*``)."""
+    from cluster.clouds.scaleway import ScalewayCloud, ScalewayConfig
+
+    scw = cluster.scaleway
+    assert scw is not None
+    return ScalewayCloud(ScalewayConfig(zones=tuple(scw.zones), project_id=scw.project_id,
+                                        boot_timeout_s=scw.boot_timeout_s,
+                                        capacity_block_s=scw.capacity_block_s))
+
+
+def up_scaleway(cluster: ClusterFile, *, cloud: Any | None = None,
+                state_dir: Path | None = None,
+                on_progress: Progress | None = None) -> HeadInfo:
+    """Create the head VM (idempotent: an existing head VM of the cluster is returned)."""
+    say = on_progress or (lambda _m: None)
+    scw = cluster.scaleway
+    assert scw is not None
+    cloud = cloud or scaleway_cloud_for(cluster)
+    state = (state_dir or cluster.resolved_state_dir()).expanduser().resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    token_path = state / TOKEN_FILE
+    token = ensure_token(token_path)
+    address = scaleway_head_address(cluster)
+    existing = [i for i in cloud.list_instances(cluster.cluster_name)
+                if i.node_type == HEAD_NODE_TYPE]
+    if existing:
+        inst = existing[0]
+        say(f"head VM already exists: {inst.provider_instance_id} ({inst.raw_state})")
+        head_id = inst.launch_id or inst.provider_instance_id
+    else:
+        head_id = str(uuid.uuid4())
+        client = cloud.client
+        scw_env = {"SCW_ACCESS_KEY": client.access_key or "",
+                   "SCW_SECRET_KEY": client.secret_key or "",
+                   "SCW_DEFAULT_PROJECT_ID": scw.project_id or client.default_project_id or "",
+                   "SCW_API_URL": client.api_url or ""}
+        service_token = None
+        if cluster.control_api.service_token_file:
+            service_token = Path(cluster.control_api.service_token_file).expanduser() \
+                .read_text().strip()
+        user_data = render_head_cloud_init(cluster, head_instance_id=head_id, ray_token=token,
+                                           scw_env=scw_env, service_token=service_token)
+        zones = (cluster.head.zone,) if cluster.head.zone else tuple(scw.zones[:1])
+        request = LaunchRequest(
+            launch_id=head_id, cluster_name=cluster.cluster_name, node_type=HEAD_NODE_TYPE,
+            instance_type=cluster.head.instance_type or "", image=cluster.head.image or "",
+            zones=zones, root_volume_gb=cluster.head.root_volume_gb, user_data=user_data,
+            name=f"{cluster.cluster_name}-head", public_ip=True,
+            private_network_id=scw.private_network_id,
+            security_group_id=cluster.head.security_group_id)
+        say(f"creating the head VM ({cluster.head.instance_type} in {zones[0]})")
+        inst = cloud.create(request)
+    info = HeadInfo(cluster_name=cluster.cluster_name, cloud="scaleway",
+                    head_instance_id=head_id, gcs_address=address, dashboard_url=None,
+                    token_path=str(token_path), ray_config_path=SCW_RAY_YAML,
+                    state_dir=str(state), provider_instance_id=inst.provider_instance_id)
+    info.save()
+    say(f"head VM {inst.provider_instance_id} is {inst.raw_state}; public IP "
+        f"{inst.public_ip or '-'}; workers join {address}")
+    return info
+
+
+def down_scaleway(cluster: ClusterFile, *, cloud: Any | None = None,
+                  on_progress: Progress | None = None) -> int:
+    """Terminate every VM tagged with the cluster (workers first, then the head)."""
+    say = on_progress or (lambda _m: None)
+    cloud = cloud or scaleway_cloud_for(cluster)
+    instances = cloud.list_instances(cluster.cluster_name)
+    instances.sort(key=lambda i: i.node_type == HEAD_NODE_TYPE)
+    for inst in instances:
+        say(f"terminating {inst.provider_instance_id} ({inst.node_type})")
+        cloud.terminate(inst.provider_instance_id, inst.zone, launch_id=inst.launch_id)
+    return len(instances)
+
+
+def status_scaleway(cluster: ClusterFile, *, cloud: Any | None = None,
+                    state_dir: Path | None = None) -> StatusReport:
+    """The cluster's VMs (the Ray nodes are not asked: the GCS is on the private network)."""
+    cloud = cloud or scaleway_cloud_for(cluster)
+    instances = cloud.list_instances(cluster.cluster_name)
+    head = HeadInfo.load((state_dir or cluster.resolved_state_dir()).expanduser())
+    return StatusReport(head=head, instances=instances, ray_nodes=[], ray_error=None)
+
+
+# ------------------------------------------------------------------------------ on the head VM
+
+
+def exec_head(config_path: str, *, resolve: Callable[[str], str] = socket.gethostbyname,
+              execv: Callable[[str, list[str]], Any] = os.execv,
+              sleep: Callable[[float], None] = time.sleep) -> None:
+    """On the head VM: resolve our private address, then exec ``ray start --head`` bound to it."""
+    config = json.loads(Path(config_path).read_text())
+    argv = list(config["argv"])
+    host = config.get("resolve_host")
+    if host:
+        deadline = time.monotonic() + float(config.get("resolve_timeout_s", 300))
+        while True:
+            try:
+                ip = resolve(host)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    raise
+                sleep(2)
+        argv.append(f"--node-ip-address={ip}")
+    execv(argv[0], argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cluster.head exec-head <config.json>`` (used by the head VM's unit)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "exec-head":
+        sys.stderr.write(f"usage: python -m {EXEC_HEAD_MODULE} exec-head <config.json>\n")
+        raise SystemExit(2)
+    exec_head(args[1])
