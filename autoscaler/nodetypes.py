@@ -30,36 +30,17 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
+from core.catalog import default_catalog_path, load_catalog
+from core.clouds import OUT_OF_STOCK, Offer
 
-CATALOG_SEED = Path(__file__).resolve().parent.parent / "configs" / "catalog" / "seed.yaml"
+__all__ = [
+    "AVAILABILITY_ORDER", "CATALOG_SEED", "OUT_OF_STOCK", "GpuChoice", "NoFit", "Offer",
+    "offer_from_dict", "offer_to_dict", "rank_accelerators", "rank_offers", "seed_offers",
+]
+
+CATALOG_SEED = default_catalog_path()
 # Availability values (core.models.Availability), best first.
 AVAILABILITY_ORDER = {"available": 0, "unknown": 1, "scarce": 2}
-OUT_OF_STOCK = "shortage"
-
-
-@dataclass(frozen=True)
-class Offer:
-    """One instance type in one zone, as the catalog knows it."""
-
-    provider: str
-    instance_type: str
-    gpu_model: str | None
-    gpu_count: int
-    gpu_vram_gb: float  # per GPU
-    hourly_eur: Decimal
-    zone: str
-    availability: str = "unknown"  # available | scarce | shortage | unknown
-    blocked: bool = False  # a capacity error blocked (type, zone) for a while
-
-    @property
-    def usable(self) -> bool:
-        """Whether a launch may be tried now."""
-        return not self.blocked and self.availability != OUT_OF_STOCK
-
-    def replica_eur_per_hour(self, gpus_per_replica: int = 1) -> Decimal:
-        """What one replica costs per hour on this machine (its share of the GPUs)."""
-        return self.hourly_eur / max(1, self.gpu_count) * gpus_per_replica
 
 
 @dataclass(frozen=True)
@@ -118,9 +99,9 @@ def rank_accelerators(candidates: Sequence[str], offers: Iterable[Offer],
             codes.add("too_small")
             continue
         fits = [o for o in big_enough
-                if model_memory_gb is None or o.gpu_vram_gb >= model_memory_gb]
+                if model_memory_gb is None or (o.gpu_vram_gb or 0) >= model_memory_gb]
         if not fits:
-            vram = max(o.gpu_vram_gb for o in big_enough)
+            vram = max(o.gpu_vram_gb or 0 for o in big_enough)
             rejected[gpu] = f"{vram:g} GB per GPU, the model needs {model_memory_gb:g} GB"
             codes.add("too_small")
             continue
@@ -144,33 +125,26 @@ def rank_accelerators(candidates: Sequence[str], offers: Iterable[Offer],
     return NoFit(code, f"no candidate GPU type can host the model now ({detail})", rejected)
 
 
-def seed_offers(path: Path | str = CATALOG_SEED, *, provider: str | None = None) -> list[Offer]:
+def seed_offers(path: Path | str | None = None, *, provider: str | None = None) -> list[Offer]:
     """The catalog seed's GPU instance types as offers, one per zone (availability unknown:
-    the seed has none; the live catalog sync knows better)."""
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    out: list[Offer] = []
-    for prov in data.get("providers", []):
-        if provider is not None and prov.get("code") != provider:
-            continue
-        for it in prov.get("instance_types", []):
-            if not it.get("gpu_model") or not it.get("gpu_count"):
-                continue
-            for zone in it.get("zones", []):
-                out.append(Offer(provider=prov["code"], instance_type=it["name"],
-                                 gpu_model=it["gpu_model"], gpu_count=int(it["gpu_count"]),
-                                 gpu_vram_gb=float(it.get("gpu_vram_gb", 0)),
-                                 hourly_eur=Decimal(str(it["hourly_eur"])), zone=zone))
-    return out
+    the seed has none; the live catalog sync knows better). See :meth:`core.catalog.Catalog.
+    offers`."""
+    return load_catalog(path).offers(provider)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def offer_from_dict(data: dict[str, Any]) -> Offer:
-    """An offer from its JSON form (``dataclasses.asdict`` with the price as a string)."""
+    """An offer from its JSON form (:func:`offer_to_dict`: the price as a string)."""
+    vram = data.get("gpu_vram_gb")
     return Offer(provider=str(data["provider"]), instance_type=str(data["instance_type"]),
-                 gpu_model=data.get("gpu_model"), gpu_count=int(data["gpu_count"]),
-                 gpu_vram_gb=float(data["gpu_vram_gb"]),
-                 hourly_eur=Decimal(str(data["hourly_eur"])), zone=str(data["zone"]),
+                 zone=str(data["zone"]), hourly_eur=Decimal(str(data["hourly_eur"])),
                  availability=str(data.get("availability", "unknown")),
+                 gpu_count=int(data.get("gpu_count") or 0), gpu_model=data.get("gpu_model"),
+                 gpu_vram_gb=None if vram is None else float(vram),
+                 vcpus=_opt_int(data.get("vcpus")), ram_gb=_opt_int(data.get("ram_gb")),
                  blocked=bool(data.get("blocked", False)))
 
 
@@ -179,4 +153,5 @@ def offer_to_dict(offer: Offer) -> dict[str, Any]:
     return {"provider": offer.provider, "instance_type": offer.instance_type,
             "gpu_model": offer.gpu_model, "gpu_count": offer.gpu_count,
             "gpu_vram_gb": offer.gpu_vram_gb, "hourly_eur": str(offer.hourly_eur),
-            "zone": offer.zone, "availability": offer.availability, "blocked": offer.blocked}
+            "zone": offer.zone, "availability": offer.availability, "blocked": offer.blocked,
+            "vcpus": offer.vcpus, "ram_gb": offer.ram_gb}

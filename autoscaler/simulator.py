@@ -49,7 +49,7 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
@@ -57,22 +57,29 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import yaml
 
+import configs
+from autoscaler.errors import AutoscalerError
 from autoscaler.traces import TraceRequest
+from core.catalog import (
+    Catalog,
+    CatalogError,
+    CatalogInstanceType,
+    CatalogProvider,
+    default_catalog_path,
+)
+from core.catalog import load_catalog as _load_catalog
 from finops.ledger import (
     US_PER_SECOND,
     BillingRule,
     PriceSchedule,
     interval_cost_units,
-    price_to_micro,
     units_to_eur,
 )
 
 if TYPE_CHECKING:  # the CLI parses the YAML; the simulator only reads the parsed spec
     from core.spec import DeploymentSpec
 
-ROOT = Path(__file__).resolve().parent.parent
-CATALOG_SEED = ROOT / "configs" / "catalog" / "seed.yaml"
-CLUSTERS_DIR = ROOT / "configs" / "clusters"
+CATALOG_SEED = default_catalog_path()
 PolicyName = Literal["inventiv", "ray"]
 POLICIES: tuple[PolicyName, ...] = ("inventiv", "ray")
 
@@ -89,7 +96,7 @@ FALLBACK_IDLE_TIMEOUT_S = 120.0
 MAX_DRAIN_S = 86_400.0
 
 
-class SimulationError(ValueError):
+class SimulationError(AutoscalerError, ValueError):
     """The simulation cannot run as asked (unknown instance type, unmappable placement...)."""
 
 
@@ -98,55 +105,74 @@ class SimulationError(ValueError):
 
 @dataclass(frozen=True)
 class CatalogType:
-    """One instance type of the catalog seed."""
+    """One instance type of the catalog with the provider that sells it: a view over
+    :mod:`core.catalog` (where the seed is parsed, once), with the provider's billing rule."""
 
-    provider: str
-    name: str
-    gpu_count: int
-    gpu_model: str | None
-    gpu_vram_gb: int
-    hourly_eur: Decimal
-    ray_resources: dict[str, float]
+    seller: CatalogProvider
+    spec: CatalogInstanceType
+
+    @property
+    def provider(self) -> str:
+        return self.seller.code
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def gpu_count(self) -> int:
+        return self.spec.gpu_count
+
+    @property
+    def gpu_model(self) -> str | None:
+        return self.spec.gpu_model
+
+    @property
+    def gpu_vram_gb(self) -> int:
+        return self.spec.gpu_vram_gb
+
+    @property
+    def hourly_eur(self) -> Decimal:
+        return self.spec.hourly_eur
+
+    @property
+    def ray_resources(self) -> Mapping[str, float]:
+        return self.spec.ray_resources or {}
+
+    @property
+    def billing_rule(self) -> BillingRule:
+        return BillingRule(self.seller.billing_granularity_seconds,
+                           self.seller.billing_minimum_seconds)
 
 
-@dataclass(frozen=True)
-class Catalog:
-    """The catalog seed: instance types and each provider's billing rule."""
-
-    types: tuple[CatalogType, ...]
-    rules: dict[str, BillingRule]
-
-    def find(self, name: str) -> CatalogType:
-        """A type by ``name`` or ``provider/name``; raises SimulationError naming the choices."""
-        prov, _, bare = name.rpartition("/")
-        hits = [t for t in self.types if t.name == bare and (not prov or t.provider == prov)]
-        if len(hits) == 1:
-            return hits[0]
-        known = ", ".join(sorted(f"{t.provider}/{t.name}" for t in self.types))
-        if not hits:
-            raise SimulationError(f"unknown instance type {name!r}; the catalog has: {known}")
-        raise SimulationError(f"instance type {name!r} is ambiguous; use provider/name")
+def catalog_types(catalog: Catalog) -> list[CatalogType]:
+    """Every instance type of the catalog, in seed order."""
+    return [CatalogType(p, t) for p, t in catalog.instance_types()]
 
 
-def load_catalog(path: Path | str = CATALOG_SEED) -> Catalog:
-    """Read the catalog seed YAML (``configs/catalog/seed.yaml`` by default)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 10x faster
-    with open(path, encoding="utf-8") as f:
-        data = yaml.load(f, Loader=loader)  # noqa: S506 - a safe loader
-    types: list[CatalogType] = []
-    rules: dict[str, BillingRule] = {}
-    for p in data.get("providers", []) if isinstance(data, dict) else []:
-        rules[p["code"]] = BillingRule(int(p.get("billing_granularity_seconds", 60)),
-                                       int(p.get("billing_minimum_seconds", 60)))
-        for t in p.get("instance_types", []):
-            types.append(CatalogType(
-                provider=p["code"], name=t["name"], gpu_count=int(t.get("gpu_count", 0)),
-                gpu_model=t.get("gpu_model"), gpu_vram_gb=int(t.get("gpu_vram_gb", 0)),
-                hourly_eur=Decimal(str(t["hourly_eur"])),
-                ray_resources={k: float(v) for k, v in (t.get("ray_resources") or {}).items()}))
-    if not types:
-        raise SimulationError(f"{path}: no instance types in the catalog")
-    return Catalog(tuple(types), rules)
+def find_type(catalog: Catalog, name: str) -> CatalogType:
+    """A type by ``name`` or ``provider/name``; raises SimulationError naming the choices."""
+    prov, _, bare = name.rpartition("/")
+    types = catalog_types(catalog)
+    hits = [t for t in types if t.name == bare and (not prov or t.provider == prov)]
+    if len(hits) == 1:
+        return hits[0]
+    known = ", ".join(sorted(f"{t.provider}/{t.name}" for t in types))
+    if not hits:
+        raise SimulationError(f"unknown instance type {name!r}; the catalog has: {known}")
+    raise SimulationError(f"instance type {name!r} is ambiguous; use provider/name")
+
+
+def load_catalog(path: Path | str | None = None) -> Catalog:
+    """The catalog seed (``configs/catalog/seed.yaml`` by default) through
+    :func:`core.catalog.load_catalog`; a seed that cannot be used is a SimulationError."""
+    try:
+        catalog = _load_catalog(path)
+    except CatalogError as exc:
+        raise SimulationError(str(exc)) from exc
+    if not catalog.instance_types():
+        raise SimulationError(f"{catalog.source}: no instance types in the catalog")
+    return catalog
 
 
 def choose_instance_type(catalog: Catalog, *, accelerator_type: str | None,
@@ -166,10 +192,10 @@ def choose_instance_type(catalog: Catalog, *, accelerator_type: str | None,
     - A CPU placement without custom resources has no catalog counterpart: pass an override.
     """
     if override:
-        return catalog.find(override)
+        return find_type(catalog, override)
     resources = resources or {}
     if resources:
-        fits = [t for t in catalog.types
+        fits = [t for t in catalog_types(catalog)
                 if all(t.ray_resources.get(k, 0) >= v for k, v in resources.items())
                 and (accelerator_type is None or t.gpu_model == accelerator_type)]
         if not fits:
@@ -181,7 +207,7 @@ def choose_instance_type(catalog: Catalog, *, accelerator_type: str | None,
         raise SimulationError("a CPU placement without custom resources has no catalog "
                               "instance type; pass --instance-type")
     wanted = [accelerator_type, *accelerator_candidates]
-    fits = [t for t in catalog.types
+    fits = [t for t in catalog_types(catalog)
             if t.gpu_model in wanted and not t.ray_resources and t.gpu_count >= gpus_per_replica
             and (model_memory_gb is None or t.gpu_vram_gb >= model_memory_gb)]
     if not fits:
@@ -194,7 +220,7 @@ def choose_instance_type(catalog: Catalog, *, accelerator_type: str | None,
 
 def default_idle_timeout_s(provider: str) -> float:
     """The node idle timeout of the provider's shipped cluster YAML (``idle_timeout_minutes``)."""
-    path = CLUSTERS_DIR / f"{provider}.yaml"
+    path = configs.path("clusters", f"{provider}.yaml")
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}  # noqa: S506
@@ -393,11 +419,10 @@ class ServePolicyDriver:
     def __init__(self, dep: SimDeployment, policy: PolicyName, *, replica_start_s: float,
                  scale_up_cap: int | None) -> None:
         from ray.serve import autoscaling_policy as ap
-        from ray.serve._private.autoscaling_state import _resolve_policy_callable
-        from ray.serve._private.common import DeploymentID
         from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
         from autoscaler.serve_policy import AutoscalingFields, serve_autoscaling_config
+        from core.ray_private import DeploymentID, resolve_policy_callable
 
         # SimDeployment has every field the protocol reads (frozen, hence "read-only" to mypy).
         fields = cast("AutoscalingFields", replace(dep, policy=policy))
@@ -407,7 +432,7 @@ class ServePolicyDriver:
         self.config = AutoscalingConfig(**self.serve_config)
         self._module = ap
         self._context_cls = AutoscalingContext
-        self._policy = ap._apply_autoscaling_config(_resolve_policy_callable(self.config.policy))
+        self._policy = ap._apply_autoscaling_config(resolve_policy_callable(self.config.policy))
         self._id = DeploymentID(name=dep.name, app_name="simulated")
         self._state: dict[str, Any] = {}
         self._clock = _SimClock()
@@ -535,7 +560,7 @@ class Simulation:
             accelerator_candidates=dep.accelerator_candidates, resources=dep.resources,
             gpus_per_replica=dep.gpus_per_replica, model_memory_gb=dep.model_memory_gb,
             override=options.instance_type)
-        self.rule = catalog.rules.get(self.itype.provider, BillingRule())
+        self.rule = self.itype.billing_rule
         self.boot_s = (options.node_boot_s if options.node_boot_s is not None
                        else DEFAULT_NODE_BOOT_S.get(self.itype.provider, FALLBACK_NODE_BOOT_S))
         if options.model_load_s is not None:
@@ -790,7 +815,3 @@ def simulate(trace: Sequence[TraceRequest], dep: SimDeployment, *,
     finally:
         serve_log.setLevel(level)
 
-
-def hourly_price_micro(itype: CatalogType) -> int:
-    """The type's hourly price in micro-EUR (the ledger's integer unit of price)."""
-    return price_to_micro(itype.hourly_eur)

@@ -23,8 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import configs
+from autoscaler.errors import AutoscalerError
+
 COLUMNS = ("arrival_s", "prompt_tokens", "completion_tokens")
-TRACES_DIR = Path(__file__).resolve().parent.parent / "configs" / "traces"
+TRACES_DIR = configs.path("traces")
 # Far beyond any real prompt or completion: a typo (an extra digit) is caught, not simulated.
 MAX_TOKENS = 10_000_000
 # A trace longer than a year is a unit mistake (milliseconds given as seconds).
@@ -40,7 +43,7 @@ class TraceRequest:
     completion_tokens: int
 
 
-class TraceError(ValueError):
+class TraceError(AutoscalerError, ValueError):
     """The trace file is invalid: ``line`` (1-based, None for the whole file) says where."""
 
     def __init__(self, message: str, *, line: int | None = None, source: str = "<trace>") -> None:

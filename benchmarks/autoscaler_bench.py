@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import configs  # noqa: E402
 from autoscaler.simulator import (  # noqa: E402
     SimDeployment,
     SimOptions,
@@ -39,7 +40,6 @@ from autoscaler.simulator import (  # noqa: E402
 from autoscaler.traces import EXAMPLES, TRACES_DIR, load_trace  # noqa: E402
 from core.spec import load_spec_file  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 RATIOS = ("cost_eur", "gpu_hours", "idle_share", "p50_wait_s", "p95_wait_s", "p99_wait_s",
           "mean_wait_s")
 FIGURES = ("cost_eur", "gpu_hours", "idle_share", "p50_wait_s", "p95_wait_s", "p99_wait_s",
@@ -53,8 +53,8 @@ def log(msg: str) -> None:
 
 
 def deployments() -> dict[str, tuple[SimDeployment, SimOptions]]:
-    gpu = load_spec_file(ROOT / "configs" / "deployments" / "examples" / "gpu-chat.yaml")
-    local = load_spec_file(ROOT / "configs" / "deployments" / "local.yaml")
+    gpu = load_spec_file(configs.path("deployments", "examples", "gpu-chat.yaml"))
+    local = load_spec_file(configs.path("deployments", "local.yaml"))
     tiny = from_deployment_spec(next(d for d in local.deployments if d.name == "tiny-chat"))
     return {
         "gpu": (from_deployment_spec(gpu.deployments[0]), SimOptions()),

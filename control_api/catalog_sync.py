@@ -134,10 +134,12 @@ def sync_catalog(session: Session, provider_code: str, offers: Iterable[Offer], 
         select(InstanceType).where(InstanceType.provider_code == provider_code))}
     for name, type_offers in sorted(_by_type(offers).items()):
         first = type_offers[0]
+        # The table keeps whole GB; an offer may carry a float (its JSON form does).
+        vram = round(first.gpu_vram_gb) if first.gpu_vram_gb is not None else None
         it = existing.get(name)
         if it is None:
             it = InstanceType(provider_code=provider_code, name=name, gpu_count=first.gpu_count,
-                              gpu_model=first.gpu_model, gpu_vram_gb=first.gpu_vram_gb or 0,
+                              gpu_model=first.gpu_model, gpu_vram_gb=vram or 0,
                               vcpus=first.vcpus or 0, ram_gb=first.ram_gb or 0)
             if first.gpu_count and first.gpu_model:
                 it.ray_resources = {"GPU": first.gpu_count,
@@ -148,7 +150,7 @@ def sync_catalog(session: Session, provider_code: str, offers: Iterable[Offer], 
         else:
             updated = False
             for attr, value in (("gpu_count", first.gpu_count), ("gpu_model", first.gpu_model),
-                                ("gpu_vram_gb", first.gpu_vram_gb), ("vcpus", first.vcpus),
+                                ("gpu_vram_gb", vram), ("vcpus", first.vcpus),
                                 ("ram_gb", first.ram_gb)):
                 if value is not None and getattr(it, attr) != value:
                     setattr(it, attr, value)

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import configs
+from core.clouds import Offer
 
 __all__ = [
     "Catalog", "CatalogError", "CatalogInstanceType", "CatalogProvider", "CatalogRegion",
@@ -50,8 +51,9 @@ class CatalogInstanceType(_Model):
     ram_gb: int = Field(default=0, ge=0)
     hourly_eur: Decimal = Field(ge=0)
     zones: tuple[str, ...] = ()
-    # Resources a node of this type advertises to Ray (the local cloud's custom slots).
-    ray_resources: dict[str, float] | None = None
+    # Resources a node of this type advertises to Ray (the local cloud's custom slots). Whole
+    # numbers stay ints, as written: they end up in the database and the rendered Ray YAML.
+    ray_resources: dict[str, int | float] | None = None
 
     @field_validator("hourly_eur", mode="before")
     @classmethod
@@ -104,6 +106,15 @@ class Catalog(_Model):
         """Every (provider, type) pair, in seed order, optionally of one provider."""
         return [(p, t) for p in self.providers if provider is None or p.code == provider
                 for t in p.instance_types]
+
+    def offers(self, provider: str | None = None) -> list[Offer]:
+        """The GPU instance types as offers, one per zone, in seed order (availability
+        ``unknown``: the seed has none; the live catalog sync knows better)."""
+        return [Offer(provider=p.code, instance_type=t.name, zone=zone, hourly_eur=t.hourly_eur,
+                      gpu_count=t.gpu_count, gpu_model=t.gpu_model, gpu_vram_gb=t.gpu_vram_gb,
+                      vcpus=t.vcpus, ram_gb=t.ram_gb)
+                for p, t in self.instance_types(provider) if t.gpu_model and t.gpu_count
+                for zone in t.zones]
 
 
 def default_catalog_path() -> Path:

@@ -122,19 +122,39 @@ class CloudInstance:
         return self.state is not InstanceStatus.TERMINATED
 
 
-@dataclass(frozen=True)
-class Offer:
-    """An instance type in a zone with its price and current availability (sortable by price)."""
+# Availability values of an offer (``core.models.Availability``); ``shortage`` is out of stock.
+OUT_OF_STOCK = "shortage"
 
+
+@dataclass(frozen=True, kw_only=True)
+class Offer:
+    """An instance type in a zone with its price and availability, as a cloud or the catalog
+    knows it: what the autoscaler sorts by price and the catalog sync stores.
+
+    Keyword-only: two producers (a cloud's live listing, the catalog seed) and several readers
+    share it, and a positional call would silently swap same-typed fields.
+    """
+
+    provider: str
     instance_type: str
     zone: str
     hourly_eur: Decimal
-    availability: str  # available | scarce | shortage | unknown
+    availability: str = "unknown"  # available | scarce | shortage | unknown
     gpu_count: int = 0
     gpu_model: str | None = None
-    gpu_vram_gb: int | None = None
+    gpu_vram_gb: float | None = None  # per GPU
     vcpus: int | None = None
     ram_gb: int | None = None
+    blocked: bool = False  # a recent capacity error blocked (type, zone) for a while
+
+    @property
+    def usable(self) -> bool:
+        """Whether a launch may be tried now (not out of stock, not blocked)."""
+        return not self.blocked and self.availability != OUT_OF_STOCK
+
+    def replica_eur_per_hour(self, gpus_per_replica: int = 1) -> Decimal:
+        """What one replica costs per hour on this machine (its share of the GPUs)."""
+        return self.hourly_eur / max(1, self.gpu_count) * gpus_per_replica
 
 
 # ------------------------------------------------------------------------------------- errors

@@ -25,9 +25,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "configs" / "schemas" / \
-    "deployment.schema.json"
-SPEC_VERSION = 1
+import configs
+
+SCHEMA_PATH = configs.path("schemas", "deployment.schema.json")
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
 ModelName = Annotated[str, Field(min_length=1, max_length=128,

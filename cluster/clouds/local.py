@@ -40,9 +40,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cluster.bootstrap import BootstrapError, NodeBootstrap
+from core import procs
+from core.catalog import default_catalog_path, load_catalog
 from core.clouds import (
     TAG_CLUSTER,
     TAG_LAUNCH,
@@ -71,7 +71,7 @@ MARK_INSTANCE = "INVENTIV_LOCAL_INSTANCE_ID"
 STATE_VERSION = 1
 # Terminated records kept in the state file for inspection (oldest pruned first).
 KEEP_TERMINATED = 50
-DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "configs" / "catalog" / "seed.yaml"
+DEFAULT_CATALOG = default_catalog_path()
 # Variables a node inherits from the launcher: what a systemd service would have, no more.
 _INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TMPDIR", "TZ")
 
@@ -121,23 +121,17 @@ class LocalInstanceType:
 
 
 def load_local_catalog(path: Path | None = None) -> dict[str, LocalInstanceType]:
-    """The ``local`` provider's instance types from the catalog seed (prices and resources)."""
-    with open(path or DEFAULT_CATALOG) as f:
-        data = yaml.safe_load(f)
-    providers = data.get("providers", []) if isinstance(data, dict) else []
+    """The ``local`` provider's instance types from the catalog seed (prices and resources),
+    read through :func:`core.catalog.load_catalog` (a malformed seed is a ``CatalogError``)."""
     out: dict[str, LocalInstanceType] = {}
-    for provider in providers:
-        if provider.get("code") != LOCAL_PROVIDER:
-            continue
-        for t in provider.get("instance_types", []):
-            resources = {str(k): int(v) for k, v in (t.get("ray_resources") or {}).items()}
-            if not resources:
-                resources = {"CPU": int(t.get("vcpus") or 1)}
-            out[t["name"]] = LocalInstanceType(
-                name=t["name"], resources=resources, hourly_eur=Decimal(str(t["hourly_eur"])),
-                gpu_count=int(t.get("gpu_count") or 0), gpu_model=t.get("gpu_model"),
-                gpu_vram_gb=t.get("gpu_vram_gb"), vcpus=t.get("vcpus"), ram_gb=t.get("ram_gb"),
-                zones=tuple(t.get("zones") or (DEFAULT_ZONE,)))
+    for _provider, t in load_catalog(path).instance_types(LOCAL_PROVIDER):
+        resources = {k: int(v) for k, v in (t.ray_resources or {}).items()}
+        if not resources:
+            resources = {"CPU": t.vcpus or 1}
+        out[t.name] = LocalInstanceType(
+            name=t.name, resources=resources, hourly_eur=t.hourly_eur, gpu_count=t.gpu_count,
+            gpu_model=t.gpu_model, gpu_vram_gb=t.gpu_vram_gb, vcpus=t.vcpus, ram_gb=t.ram_gb,
+            zones=t.zones or (DEFAULT_ZONE,))
     return out
 
 
@@ -215,7 +209,9 @@ class LocalRecord:
     log_path: str
     pid: int | None = None
     pgid: int | None = None
-    start_ticks: int | None = None  # /proc start time: tells our pid from a reused one
+    # The process's creation time (psutil, epoch seconds): tells our pid from a reused one.
+    # Records written before it existed have none: their pid is checked without it.
+    started_at: float | None = None
     stop_requested_at: float | None = None  # wall clock (time.time) of the first SIGTERM
     terminated_at: str | None = None
     exit_reason: str | None = None
@@ -229,72 +225,9 @@ class LocalRecord:
 
 # ------------------------------------------------------------------------------ processes
 
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, process group, start ticks) of a pid from /proc, or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name is in parentheses and may contain spaces: split after the last ')'.
-    rest = raw[raw.rfind(")") + 2:].split()
-    try:
-        return rest[0], int(rest[2]), int(rest[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int | None, start_ticks: int | None = None) -> bool:
-    """True if ``pid`` runs (not a zombie) and, when given, started at ``start_ticks``."""
-    if not pid:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        if not Path("/proc").is_dir():  # not Linux: best effort
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-        return False
-    state, _pgid, ticks = stat
-    if state in ("Z", "X"):
-        return False
-    return start_ticks is None or ticks == start_ticks
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group."""
-    members: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _proc_stat(int(entry.name))
-        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    out: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            out[key.decode(errors="replace")] = value.decode(errors="replace")
-    return out
+# Process inspection is core.procs (psutil: Linux and macOS); these names stay importable here.
+process_alive = procs.alive
+group_members = procs.group_members
 
 
 def find_marked(state_dir: Path) -> dict[str, list[tuple[int, int, dict[str, str]]]]:
@@ -304,55 +237,30 @@ def find_marked(state_dir: Path) -> dict[str, list[tuple[int, int, dict[str, str
     the ones Ray moves to a session of their own, which a process-group signal would miss.
     """
     found: dict[str, list[tuple[int, int, dict[str, str]]]] = {}
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    marker = str(state_dir).encode()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            raw = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker not in raw:  # cheap pre-filter before parsing
-            continue
-        env = _environ(pid)
-        stat = _proc_stat(pid)
-        if stat is None or stat[0] in ("Z", "X"):
-            continue
-        if env.get(MARK_STATE_DIR) == str(state_dir) and env.get(MARK_INSTANCE):
-            found.setdefault(env[MARK_INSTANCE], []).append((pid, _ppid(pid), env))
+    for proc in procs.find_marked(MARK_STATE_DIR, str(state_dir)):
+        instance_id = proc.environ.get(MARK_INSTANCE)
+        if instance_id:
+            found.setdefault(instance_id, []).append((proc.pid, proc.ppid, proc.environ))
     return found
-
-
-def _ppid(pid: int) -> int:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    try:
-        return int(raw[raw.rfind(")") + 2:].split()[1])
-    except (IndexError, ValueError):
-        return 0
 
 
 def find_marked_leaders(state_dir: Path) -> dict[str, tuple[int, dict[str, str]]]:
     """The root process of each marked node (its parent is not part of the same node)."""
     out: dict[str, tuple[int, dict[str, str]]] = {}
-    for instance_id, procs in find_marked(state_dir).items():
-        pids = {p for p, _pp, _e in procs}
-        roots = sorted((p, e) for p, pp, e in procs if pp not in pids)
+    for instance_id, members in find_marked(state_dir).items():
+        pids = {p for p, _pp, _e in members}
+        roots = sorted((p, e) for p, pp, e in members if pp not in pids)
         if roots:
             out[instance_id] = roots[0]
     return out
 
 
-def signal_group(pgid: int, sig: int) -> None:
-    """Send ``sig`` to a process group; a group already gone is fine."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
+def _pgid(pid: int) -> int:
+    """The process group of ``pid`` (the pid itself if it cannot be read)."""
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return pid
 
 
 # ------------------------------------------------------------------------------ the cloud
@@ -442,7 +350,7 @@ class LocalCloud:
                 child = self._children.get(rec.pid or 0)
                 if child is not None:
                     child.poll()  # reap our own exited child
-                if not process_alive(rec.pid, rec.start_ticks) and \
+                if not procs.alive(rec.pid, rec.started_at) and \
                         not self._node_processes(rec):
                     self._mark_terminated(rec, "exited" if rec.state == "running"
                                           else "terminated")
@@ -451,16 +359,14 @@ class LocalCloud:
                 known = records.get(instance_id)
                 if known is not None and known.state == "starting" and known.pid is None:
                     # Its launcher died between the spawn and the pid write: complete it.
-                    stat = _proc_stat(pid)
-                    known.pid, known.pgid = pid, stat[1] if stat else pid
-                    known.start_ticks = stat[2] if stat else None
+                    known.pid, known.pgid = pid, _pgid(pid)
+                    known.started_at = procs.start_time(pid)
                     known.state = "running"
                     continue
                 if known is not None and known.state != "terminated":
                     continue
-                stat = _proc_stat(pid)
                 records[instance_id] = self._adopted_record(instance_id, pid, env,
-                                                            stat[2] if stat else None)
+                                                            procs.start_time(pid))
                 log.warning("local cloud: adopted orphan node process %s (%s)", pid,
                             instance_id)
         for rec in records.values():
@@ -470,13 +376,13 @@ class LocalCloud:
 
     def _node_processes(self, rec: LocalRecord) -> list[int]:
         """Live processes of a node: its process group plus everything with its marker."""
-        pids = set(group_members(rec.pgid)) if rec.pgid else set()
+        pids = set(procs.group_members(rec.pgid)) if rec.pgid else set()
         marked = find_marked(self.state_dir).get(rec.provider_instance_id, [])
         pids.update(p for p, _pp, _e in marked)
         return sorted(pids)
 
     def _adopted_record(self, instance_id: str, pid: int, env: Mapping[str, str],
-                        start_ticks: int | None) -> LocalRecord:
+                        started_at: float | None) -> LocalRecord:
         tags = [t for t in env.get("INVENTIV_LOCAL_TAGS", "").split(",") if t]
         parsed = parse_tags(tags)
         return LocalRecord(
@@ -487,7 +393,7 @@ class LocalCloud:
             instance_type=env.get("INVENTIV_LOCAL_INSTANCE_TYPE", ""), zone=self.config.zone,
             tags=tags, state="running", created_at=utcnow().isoformat(),
             log_path=str(self.state_dir / "nodes" / f"{instance_id}.log"), pid=pid, pgid=pid,
-            start_ticks=start_ticks, adopted=True)
+            started_at=started_at, adopted=True)
 
     def _mark_terminated(self, rec: LocalRecord, reason: str) -> None:
         child = self._children.pop(rec.pid or 0, None)
@@ -542,7 +448,8 @@ class LocalCloud:
 
     def catalog(self) -> list[Offer]:
         """The local instance types at their catalog prices, always available."""
-        return [Offer(instance_type=t.name, zone=self.config.zone, hourly_eur=t.hourly_eur,
+        return [Offer(provider=self.name, instance_type=t.name, zone=self.config.zone,
+                      hourly_eur=t.hourly_eur,
                       availability="available", gpu_count=t.gpu_count, gpu_model=t.gpu_model,
                       gpu_vram_gb=t.gpu_vram_gb, vcpus=t.vcpus, ram_gb=t.ram_gb)
                 for t in sorted(self.instance_types.values(), key=lambda t: t.name)]
@@ -631,10 +538,9 @@ class LocalCloud:
                                  zone=self.config.zone,
                                  instance_type=request.instance_type) from exc
             self._children[proc.pid] = proc
-            stat = _proc_stat(proc.pid)
             rec.pid = proc.pid
             rec.pgid = proc.pid  # start_new_session: the node leads its own group
-            rec.start_ticks = stat[2] if stat else None
+            rec.started_at = procs.start_time(proc.pid)
             rec.state = "running"
             log.info("local cloud: started %s (launch %s, %s) pid %s, log %s", instance_id,
                      request.launch_id, request.node_type, proc.pid, log_path)
@@ -683,14 +589,14 @@ class LocalCloud:
             if pgid:
                 log.info("local cloud: SIGTERM to node %s (pgid %s)", rec.provider_instance_id,
                          pgid)
-                signal_group(pgid, signal.SIGTERM)
+                procs.signal_group(pgid, signal.SIGTERM)
             # Processes Ray moved to their own session are not in the group: signal them too.
             self._signal_marked(rec, signal.SIGTERM)
         elif now - rec.stop_requested_at >= self.config.stop_grace_s:
             log.info("local cloud: SIGKILL to node %s (pgid %s)", rec.provider_instance_id,
                      pgid)
             if pgid:
-                signal_group(pgid, signal.SIGKILL)
+                procs.signal_group(pgid, signal.SIGKILL)
             self._signal_marked(rec, signal.SIGKILL)
         child = self._children.get(rec.pid or 0)
         if child is not None:

@@ -532,7 +532,7 @@ class ScalewayCloud:
                 t = types[name]
                 gpu_info = t.gpu_info
                 offers.append(Offer(
-                    instance_type=name, zone=zone,
+                    provider=self.name, instance_type=name, zone=zone,
                     hourly_eur=Decimal(str(t.hourly_price)).normalize()
                     if t.hourly_price else Decimal("0"),
                     availability=avail.get(name, "unknown"), gpu_count=int(t.gpu or 0),

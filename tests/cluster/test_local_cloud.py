@@ -288,3 +288,38 @@ def test_state_dir_and_token_modes(env_dir: Path) -> None:
                                      "instance_types": {"x": {"CPU": "1"}}}).max_nodes == 2
     with pytest.raises(InvalidRequest, match="state_dir"):
         LocalConfig.from_mapping({})
+
+
+def test_a_record_written_before_started_at_existed_is_checked_by_pid(env_dir: Path) -> None:
+    # Older state files carry a /proc start tick count instead of the psutil creation time.
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        state = env_dir / "state"
+        state.mkdir()
+        record = {"provider_instance_id": "local-old1", "launch_id": "launch-old",
+                  "cluster_name": "c1", "node_type": "local-L4", "instance_type": "local-L4",
+                  "zone": "local-1", "tags": [], "state": "running",
+                  "created_at": "2026-01-01T00:00:00+00:00",
+                  "log_path": str(state / "nodes" / "local-old1.log"), "pid": proc.pid,
+                  "pgid": proc.pid, "start_ticks": 123456}
+        (state / "local-cloud.json").write_text(json.dumps(
+            {"version": 1, "instances": {"local-old1": record}}))
+        cloud = make_cloud(env_dir)
+        assert [i.provider_instance_id for i in cloud.list_instances("c1")] == ["local-old1"]
+        assert next(r for r in cloud.records()).started_at is None
+        assert cloud.terminate("local-old1", "local-1") is True
+        assert proc.wait(5) is not None
+        assert cloud.list_instances("c1") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_reused_pid_is_not_taken_for_the_node(env_dir: Path) -> None:
+    cloud = make_cloud(env_dir)
+    inst = cloud.create(request())
+    record = next(r for r in cloud.records())
+    assert record.started_at is not None and process_alive(record.pid, record.started_at)
+    assert not process_alive(record.pid, record.started_at - 60)
+    cloud.terminate(inst.provider_instance_id, "local-1")
