@@ -2,7 +2,8 @@
 
 The control API does not import ``cluster`` or ``serve_apps`` (they sit above it and reach it only
 through :mod:`control_api.client`); what it drives of them, the cloud adapters its reconciler
-lists, is handed to it here, at the top of the layers.
+lists and the renderer of the Serve config its deployment service applies, is handed to it here,
+at the top of the layers.
 ``inventiv api serve``, ``inventiv up`` and ``uvicorn --factory cli.compose:app_factory`` build
 the control API through this module.
 """
@@ -16,11 +17,12 @@ from control_api.settings import Settings
 
 
 def data_plane() -> DataPlane:
-    """The real adapters: the clouds of ``cluster`` (the Serve config is still rendered inside
-    ``control_api.services.deployments``; moving it beside the builder is open work)."""
+    """The real adapters: the clouds of ``cluster`` and the Serve config renderer of
+    ``serve_apps`` (beside the builder that consumes the config)."""
     from cluster.clouds.registry import clouds_from_config
+    from serve_apps.serve_config import render_serve_config
 
-    return DataPlane(clouds=clouds_from_config)
+    return DataPlane(clouds=clouds_from_config, render_serve_config=render_serve_config)
 
 
 def control_api_app(settings: Settings | None = None) -> Any:

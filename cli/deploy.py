@@ -83,12 +83,17 @@ def list_deployments(
                 empty="no deployment")
 
 
+def _one(method: str, name: str) -> Any:
+    """``METHOD /api/deployments/{name}``: the deployment the control API answers with."""
+    with make_client() as client:
+        return client.request(method, f"/api/deployments/{quote(name, safe='')}")
+
+
 @app.command("show")
 @handles_errors
 def show(name: NameArg, json_out: JsonOpt = False) -> None:
     """Show one deployment and its stored spec."""
-    with make_client() as client:
-        d = client.request("GET", f"/api/deployments/{quote(name, safe='')}")
+    d = _one("GET", name)
     if json_out:
         print_json(d)
         return
@@ -104,8 +109,7 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
 @handles_errors
 def delete(name: NameArg, json_out: JsonOpt = False) -> None:
     """Delete a deployment (removed from Serve by the control API)."""
-    with make_client() as client:
-        d = client.request("DELETE", f"/api/deployments/{quote(name, safe='')}")
+    d = _one("DELETE", name)
     if json_out:
         print_json(d)
         return

@@ -10,10 +10,11 @@ reconciles no cloud and renders no Serve config (deployments stay ``pending`` wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from control_api.serve_client import ServeTarget
 from core.clouds import Cloud
 
 # Cluster name -> that cluster's cloud settings (``{"cloud": "scaleway", "zones": [...], ...}``)
@@ -21,14 +22,24 @@ from core.clouds import Cloud
 CloudsFactory = Callable[[Mapping[str, Any]], Mapping[str, Cloud]]
 
 
+class RenderServeConfig(Protocol):
+    """Renders the Serve declarative config (``serve_apps.serve_config.render_serve_config``)
+    from what the control API read: the stored specs of the non-deleted deployments (in order),
+    Serve's GET (None: unknown), the budget guard's capped replica counts and the replica start
+    estimates, both by deployment name. Pure: no database, no Serve call. Raises
+    ``pydantic.ValidationError`` for a stored spec that no longer validates."""
+
+    def __call__(self, target: ServeTarget, specs: Sequence[Mapping[str, Any]], *,
+                 details: Mapping[str, Any] | None, caps: Mapping[str, int],
+                 replica_start_s: Mapping[str, float]) -> dict[str, Any]: ...
+
+
 @dataclass(frozen=True)
 class DataPlane:
     """The data plane's adapters the control API is given (each ``None`` = not wired)."""
 
     clouds: CloudsFactory | None = None
-    # Renders the Serve declarative config from the stored deployments (see
-    # ``serve_apps.serve_config``); its signature is owned by the Serve sync service.
-    render_serve_config: Callable[..., dict[str, Any]] | None = None
+    render_serve_config: RenderServeConfig | None = None
 
 
 NO_DATA_PLANE = DataPlane()

@@ -3,7 +3,8 @@
 ``PUT /api/serve/applications/`` applies a declarative config: the applications it lists are
 deployed or updated, every other application on the cluster is deleted. ``GET`` returns the
 instance details (``applications: {name: {deployed_app_config, status, message, ...}}``).
-``DELETE`` shuts Serve down.
+``DELETE`` shuts Serve down. The functions at the end read that GET answer (live replicas,
+whether a config is what Serve runs, the application's status), without I/O.
 
 Errors are mapped to :class:`ServeUnreachable` (connection refused, timeout: retry later),
 :class:`ServeAuthError` (401/403: the Ray auth token is missing or wrong) and
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from control_api.settings import Settings
+from core.serve_names import serve_application
 
 APPLICATIONS_PATH = "/api/serve/applications/"
 DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
@@ -213,3 +215,68 @@ def client_from_settings(settings: Settings) -> ServeClient | None:
     """A client from the settings, or ``None`` when Serve is not configured."""
     config = serve_config(settings)
     return ServeClient.from_config(config) if config is not None else None
+
+
+# ---------------------------------------------------------------- reading Serve's GET answer
+
+# Replica states that count as existing capacity (everything but STOPPING).
+LIVE_REPLICA_STATES = {"STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION"}
+
+# Serve's application status -> ours, once Serve accepted the config.
+SERVE_STATUS = {"RUNNING": "running", "DEPLOYING": "applied", "NOT_STARTED": "applied",
+                "DEPLOY_FAILED": "unhealthy", "UNHEALTHY": "unhealthy"}
+
+
+def live_replica_count(details: dict[str, Any] | None, app_name: str,
+                       deployment: str) -> int | None:
+    """Live replicas of a Serve deployment per Serve's status; None when Serve does not say."""
+    app = serve_application(details, app_name)
+    dep = ((app or {}).get("deployments") or {}).get(deployment)
+    if not isinstance(dep, dict) or not isinstance(dep.get("replicas"), list):
+        return None
+    return sum(1 for r in dep["replicas"]
+               if isinstance(r, dict) and r.get("state") in LIVE_REPLICA_STATES)
+
+
+def _deployed_state(details: dict[str, Any], app_name: str) -> Any:
+    app = serve_application(details, app_name)
+    if app is None:
+        return None
+    cfg = app.get("deployed_app_config") or {}
+    return {"import_path": cfg.get("import_path"), "args": cfg.get("args"),
+            "deployments": {d.get("name"): d.get("autoscaling_config")
+                            for d in cfg.get("deployments") or [] if isinstance(d, dict)}}
+
+
+def runs_config(details: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether Serve runs exactly the applications of a declarative ``config``, with the same
+    import paths, arguments and per-deployment autoscaling configs."""
+    if set(details.get("applications") or {}) != {a["name"] for a in config["applications"]}:
+        return False
+    for app in config["applications"]:
+        want = {"import_path": app["import_path"], "args": app["args"],
+                "deployments": {d["name"]: d["autoscaling_config"] for d in app["deployments"]}}
+        if _deployed_state(details, app["name"]) != want:
+            return False
+    return True
+
+
+def app_status(details: dict[str, Any], app_name: str) -> tuple[str, str | None] | None:
+    """Our status of an application per Serve (:data:`SERVE_STATUS`) and, when unhealthy,
+    Serve's message (shortened); None when Serve does not run it or says nothing we map."""
+    app = serve_application(details, app_name)
+    if app is None:
+        return None
+    ours = SERVE_STATUS.get(str(app.get("status") or ""))
+    if ours is None:
+        return None
+    return ours, _short(str(app.get("message") or "")) if ours == "unhealthy" else None
+
+
+def _short(text: str, limit: int = 2000) -> str | None:
+    """Serve's messages are often tracebacks: keep the first line and the end (the error)."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text or None
+    first = text.splitlines()[0][:200]
+    return f"{first} ... {text[-(limit - len(first) - 5):]}"

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import yaml
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
 from control_api.errors import Unprocessable
+from control_api.ports import NO_DATA_PLANE, DataPlane, RenderServeConfig
 from control_api.schemas.deployments import (
     MAX_YAML_CHARS,
     DeploymentList,
@@ -20,10 +22,12 @@ from control_api.schemas.deployments import (
 )
 from control_api.serve_client import ServeClient, client_from_settings
 from control_api.services import deployments as svc
+from core.spec import DeploymentFile, SpecError, SpecIssue, parse_spec
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+INVALID = "invalid_deployment"
 _WRITE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -44,6 +48,45 @@ def serve_client_of(request: Request) -> ServeClient | None:
     return state.serve_client  # type: ignore[no-any-return]
 
 
+def renderer_of(request: Request) -> RenderServeConfig | None:
+    """The data plane's Serve config renderer (``None``: the app was built without the data
+    plane; writes then stay pending with the reason)."""
+    plane: DataPlane = getattr(request.app.state, "plane", NO_DATA_PLANE)
+    return plane.render_serve_config
+
+
+def _raise_invalid(exc: SpecError) -> None:
+    raise Unprocessable(str(exc), code=INVALID,
+                        details=[{"field": i.field, "line": i.line, "message": i.message}
+                                 for i in exc.issues]) from None
+
+
+def parse_yaml_text(text: str) -> DeploymentFile:
+    """Validate YAML text; 422 ``invalid_deployment`` naming each field and its line."""
+    try:
+        return parse_spec(text, source="<request>")
+    except SpecError as exc:
+        _raise_invalid(exc)
+        raise AssertionError("unreachable") from None
+
+
+def parse_mapping(data: dict[str, Any]) -> DeploymentFile:
+    """Validate an already-parsed mapping (JSON body): fields are named, lines are unknown."""
+    try:
+        return DeploymentFile.model_validate(data)
+    except ValidationError as exc:
+        # Re-dump as YAML and parse it to reuse spec.py's messages and paths; the lines of a
+        # synthetic document would mislead, so they are dropped.
+        try:
+            parse_spec(yaml.safe_dump(data, sort_keys=False), source="<request>")
+        except SpecError as spec_exc:
+            _raise_invalid(SpecError([SpecIssue(i.field, None, i.message)
+                                      for i in spec_exc.issues], "<request>"))
+        except yaml.YAMLError:
+            pass
+        raise Unprocessable(str(exc), code=INVALID) from None
+
+
 async def _read_spec(request: Request) -> Any:
     body = await request.body()
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -51,11 +94,11 @@ async def _read_spec(request: Request) -> Any:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise Unprocessable("the YAML body is not UTF-8", code=svc.INVALID) from None
+            raise Unprocessable("the YAML body is not UTF-8", code=INVALID) from None
         if len(text) > MAX_YAML_CHARS:
             raise Unprocessable(f"the YAML body exceeds {MAX_YAML_CHARS} characters",
-                                code=svc.INVALID)
-        return svc.parse_yaml_text(text)
+                                code=INVALID)
+        return parse_yaml_text(text)
     try:
         write = DeploymentWrite.model_validate_json(body or b"null")
     except ValidationError as exc:
@@ -64,9 +107,9 @@ async def _read_spec(request: Request) -> Any:
                                       include_input=False)]
         raise Unprocessable("invalid request body", details=errors) from None
     if write.yaml is not None:
-        return svc.parse_yaml_text(write.yaml)
+        return parse_yaml_text(write.yaml)
     assert write.spec is not None
-    return svc.parse_mapping(write.spec)
+    return parse_mapping(write.spec)
 
 
 @router.post("", response_model=DeploymentWriteResult,
@@ -81,12 +124,12 @@ async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
     ``details`` name each field and its line.
     """
     spec = await _read_spec(request)
-    serve_client = serve_client_of(request)
+    serve_client, render = serve_client_of(request), renderer_of(request)
 
     def write() -> DeploymentWriteResult:
         results = svc.upsert(db, principal, spec, now)
         if any(r.change != "unchanged" for r in results):
-            svc.apply_all(db, serve_client, now)
+            svc.apply_all(db, serve_client, render, now)
         shown = svc.views(db, [r.deployment for r in results])
         return DeploymentWriteResult(items=[
             DeploymentWritten(**DeploymentOut.of_view(v).model_dump(), change=r.change)
@@ -121,5 +164,5 @@ def delete_deployment(ref: str, request: Request, principal: AdminDep, db: Sessi
     """Soft-delete: ``deleted_at`` set, status ``deleting`` until Serve no longer runs it (the
     desired state is applied right away, best effort)."""
     dep = svc.soft_delete(db, principal, ref, now)
-    svc.apply_all(db, serve_client_of(request), now)
+    svc.apply_all(db, serve_client_of(request), renderer_of(request), now)
     return DeploymentOut.of(dep)

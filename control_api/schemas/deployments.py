@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.models import Deployment
+if TYPE_CHECKING:  # the wire format loads no SQLAlchemy (see control_api.schemas)
+    from core.models import Deployment
 
 MAX_YAML_CHARS = 256 * 1024
 

@@ -1,17 +1,17 @@
 """Deployments: validated specs stored as JSON, applied declaratively to Ray Serve.
 
-Every non-deleted deployment goes into ONE Serve application (``ServeTarget.app_name``) whose
-builder (``import_path``) receives ``args = {"spec": <DeploymentFile JSON>, "options":
-<ingress options>}``. Serve's declarative API replaces the whole set of applications, so a
-deleted deployment disappears from the next config, and the app itself disappears when no
-deployment is left.
+This module reads and writes the ``deployments`` rows and orchestrates applying them: it gathers
+what the Serve config is rendered from (the stored specs, Serve's state, the budget guard's caps,
+the replica start estimates learned from the lifecycle history) and hands it to the data plane's
+renderer (``DataPlane.render_serve_config``, i.e. :mod:`serve_apps.serve_config`), then PUTs
+the result through :class:`~control_api.serve_client.ServeClient`.
 
 Statuses: ``pending`` (stored, not applied yet; ``status_message`` says why, e.g. the dashboard
-was unreachable), ``applied`` (Serve accepted the config), ``failed`` (Serve refused it or the
-token was wrong; message), ``deleting`` (soft-deleted, still to be removed from Serve),
-``deleted`` (removed from Serve). The sync job then copies Serve's application status:
-``running`` once the app is RUNNING, ``unhealthy`` (with Serve's message) when it failed to
-deploy or became unhealthy.
+was unreachable, or no renderer is wired), ``applied`` (Serve accepted the config), ``failed``
+(Serve refused it or the token was wrong; message), ``deleting`` (soft-deleted, still to be
+removed from Serve), ``deleted`` (removed from Serve). The sync job then copies Serve's
+application status: ``running`` once the app is RUNNING, ``unhealthy`` (with Serve's message)
+when it failed to deploy or became unhealthy.
 
 Visibility: platform admins see every deployment; other users see the deployments whose
 ``allowed_orgs`` is null (every org) or names one of their orgs (by name or id).
@@ -21,25 +21,28 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from autoscaler.serve_policy import serve_autoscaling_config
 from autoscaler.startup import StartupEstimate, estimate_replica_start
 from control_api.deps import Principal
-from control_api.errors import Conflict, NotFound, Unprocessable
+from control_api.errors import Conflict, NotFound
+from control_api.ports import DataPlane, RenderServeConfig
 from control_api.serve_client import (
     ServeClient,
     ServeError,
     ServeTarget,
     ServeUnreachable,
+    app_status,
+    live_replica_count,
+    runs_config,
 )
 from core.db import utcnow
 from core.models import (
@@ -52,46 +55,15 @@ from core.models import (
     Model,
     Org,
 )
-from core.spec import DeploymentFile, DeploymentSpec, SpecError, SpecIssue, parse_spec
+from core.serve_names import serve_deployment_name
+from core.spec import DeploymentFile, DeploymentSpec
 from finops.budgets import CAP_ENDED, CAP_STARTED, ScaleCap, current_scale_caps, scale_up_blocks
 
 COMPONENT = "control_api"
-INVALID = "invalid_deployment"
-
-
-# ---------------------------------------------------------------- validation
-
-
-def _raise_invalid(exc: SpecError) -> None:
-    raise Unprocessable(str(exc), code=INVALID,
-                        details=[{"field": i.field, "line": i.line, "message": i.message}
-                                 for i in exc.issues]) from None
-
-
-def parse_yaml_text(text: str) -> DeploymentFile:
-    """Validate YAML text; 422 ``invalid_deployment`` naming each field and its line."""
-    try:
-        return parse_spec(text, source="<request>")
-    except SpecError as exc:
-        _raise_invalid(exc)
-        raise AssertionError("unreachable") from None
-
-
-def parse_mapping(data: dict[str, Any]) -> DeploymentFile:
-    """Validate an already-parsed mapping (JSON body): fields are named, lines are unknown."""
-    try:
-        return DeploymentFile.model_validate(data)
-    except ValidationError as exc:
-        # Re-dump as YAML and parse it to reuse spec.py's messages and paths; the lines of a
-        # synthetic document would mislead, so they are dropped.
-        try:
-            parse_spec(yaml.safe_dump(data, sort_keys=False), source="<request>")
-        except SpecError as spec_exc:
-            _raise_invalid(SpecError([SpecIssue(i.field, None, i.message)
-                                      for i in spec_exc.issues], "<request>"))
-        except yaml.YAMLError:
-            pass
-        raise Unprocessable(str(exc), code=INVALID) from None
+# Why writes stay pending when the control API was built without the data plane.
+NO_RENDERER = ("no Serve config renderer: this control API runs without the data plane "
+               "(start it with `inventiv api serve` or `uvicorn --factory "
+               "cli.compose:app_factory`)")
 
 
 # ---------------------------------------------------------------- reads
@@ -241,34 +213,6 @@ def active_deployments(session: Session) -> list[Deployment]:
                                 .order_by(Deployment.name)))
 
 
-# Ray Serve LLM names each model's deployment ``LLMServer:<model id>`` with "/" and "." replaced
-# (ray.llm._internal.serve.core.server.builder: name_prefix + _get_deployment_name).
-LLM_DEPLOYMENT_PREFIX = "LLMServer:"
-# Replica states that count as existing capacity (everything but STOPPING).
-LIVE_REPLICA_STATES = {"STARTING", "UPDATING", "RECOVERING", "RUNNING", "PENDING_MIGRATION"}
-
-
-def serve_deployment_name(model_name: str) -> str:
-    """The Serve deployment Ray Serve LLM creates for a served model name."""
-    return LLM_DEPLOYMENT_PREFIX + model_name.replace("/", "--").replace(".", "_")
-
-
-def _serve_app(details: dict[str, Any] | None, app_name: str) -> dict[str, Any] | None:
-    app = ((details or {}).get("applications") or {}).get(app_name)
-    return app if isinstance(app, dict) else None
-
-
-def serve_replica_count(details: dict[str, Any] | None, app_name: str,
-                        deployment: str) -> int | None:
-    """Live replicas of a Serve deployment per Serve's status; None when Serve does not say."""
-    app = _serve_app(details, app_name)
-    dep = ((app or {}).get("deployments") or {}).get(deployment)
-    if not isinstance(dep, dict) or not isinstance(dep.get("replicas"), list):
-        return None
-    return sum(1 for r in dep["replicas"]
-               if isinstance(r, dict) and r.get("state") in LIVE_REPLICA_STATES)
-
-
 # ---------------------------------------------------------------- replica start time
 
 
@@ -352,7 +296,7 @@ def update_scale_caps(session: Session, details: dict[str, Any] | None, app_name
         cap, reason = caps.get(dep.id), blocks.get(dep.id)
         if reason is not None and cap is None:
             spec = spec_of(dep)
-            count = serve_replica_count(details, app_name, serve_deployment_name(spec.model.name))
+            count = live_replica_count(details, app_name, serve_deployment_name(spec.model.name))
             replicas = count if count is not None else spec.autoscaling.min_replicas
             caps[dep.id] = ScaleCap(replicas, reason, now)
             session.add(ActionLog(
@@ -374,103 +318,28 @@ def update_scale_caps(session: Session, details: dict[str, Any] | None, app_name
 # ---------------------------------------------------------------- the Serve config
 
 
-def _deployed_policy_kwargs(app: dict[str, Any] | None, name: str) -> dict[str, Any]:
-    for d in ((app or {}).get("deployed_app_config") or {}).get("deployments") or []:
-        if isinstance(d, dict) and d.get("name") == name:
-            policy = (d.get("autoscaling_config") or {}).get("policy")
-            if isinstance(policy, dict) and isinstance(policy.get("policy_kwargs"), dict):
-                return policy["policy_kwargs"]  # type: ignore[no-any-return]
-    return {}
-
-
-def autoscaling_override(spec: DeploymentSpec, *, replica_start_s: float | None,
-                         cap: ScaleCap | None, running: bool) -> dict[str, Any]:
-    """The ``autoscaling_config`` the control API sets on a model's Serve deployment.
-
-    Budget cap: ``max_replicas`` = the capped count (at least ``min_replicas``, and at least 1:
-    Serve refuses 0), for both policies. Not ``policy_kwargs.scale_up_cap``: Serve hashes each
-    deployment's ``policy`` (kwargs included) into the application's code version, so changing
-    it rebuilds the app and restarts every replica; bounds are a lightweight update. For the
-    same reason ``scale_up_cap`` stays null and ``replica_start_s`` only changes with a rebuild
-    (see :func:`desired_config`). ``initial_replicas`` is dropped once Serve runs the
-    deployment: with it set, Serve resets the replica target to it on every config change."""
-    cfg = serve_autoscaling_config(spec.autoscaling, replica_start_s=replica_start_s)
-    if cap is not None:
-        cfg["max_replicas"] = max(1, cfg["min_replicas"], min(cfg["max_replicas"], cap.replicas))
-    if running:
-        cfg.pop("initial_replicas", None)
-    return cfg
-
-
-# `autoscaling` fields that reach Serve only through the per-deployment override (bounds and
-# target: a lightweight update). The app is built from the spec with them neutralised, so
-# `inventiv deploy` changing a model's replica bounds or target never changes `args`, which
-# would rebuild the app and restart every replica of every model. `min_replicas` keeps whether
-# it is 0 (the ingress holds requests for deployments that may sit at zero replicas).
-def build_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec the Serve app is built from (``args.spec``): replica bounds neutralised."""
-    deployments = []
-    for dep in spec["deployments"]:
-        auto = dict(dep.get("autoscaling") or {})
-        auto.update(min_replicas=0 if auto.get("min_replicas", 1) == 0 else 1, max_replicas=1,
-                    initial_replicas=None, target_ongoing_requests=1)
-        deployments.append({**dep, "autoscaling": auto})
-    return {**spec, "deployments": deployments}
-
-
-def desired_config(session: Session, target: ServeTarget,
+def desired_config(session: Session, target: ServeTarget, render: RenderServeConfig,
                    details: dict[str, Any] | None = None,
                    caps: dict[uuid.UUID, ScaleCap] | None = None) -> dict[str, Any]:
-    """The full Serve declarative config for the non-deleted deployments.
+    """The full Serve declarative config for the non-deleted deployments, rendered by
+    ``render`` (see :mod:`serve_apps.serve_config`) from what is read here: the stored specs,
+    the budget guard's caps (``caps``; read from the action log if None) and each deployment's
+    replica start estimate. ``details`` (Serve's GET) is passed through: it tells the renderer
+    which deployments already run and the ``replica_start_s`` they run with.
 
-    ``args`` (spec + ingress options) build the app; a per-deployment ``deployments`` section
-    sets each model's ``autoscaling_config`` (the budget cap, the replica start time), which
-    Serve applies without restarting replicas as long as ``args`` and each ``policy`` stay the
-    same. ``details`` (Serve's GET) tells which deployments already run and the
-    ``replica_start_s`` they run with: it is kept while ``args`` are unchanged (a new learned
-    value would change ``policy`` and so restart every replica) and re-learned when the app is
-    rebuilt anyway. ``caps``: the budget guard's caps (read from the action log if None).
-    """
+    A stored spec that no longer validates raises ``ValidationError`` before anything is read
+    or rendered from it."""
     deps = active_deployments(session)
-    apps: list[dict[str, Any]] = []
+    specs = [d.spec for d in deps]
+    capped: dict[str, int] = {}
+    starts: dict[str, float] = {}
     if deps:
-        spec = {"version": 1, "deployments": [d.spec for d in deps]}
-        # Round-trip through the model: a stored spec that no longer validates fails here,
-        # not inside Serve.
-        DeploymentFile.model_validate(spec)
-        args = {"spec": build_spec(spec),
-                "options": {**target.ingress_options, "app_name": target.app_name}}
-        running = _serve_app(details, target.app_name)
-        deployed = (running or {}).get("deployed_app_config") or {}
-        same_build = (deployed.get("import_path"), deployed.get("args")) == (
-            target.import_path, args)
+        items = DeploymentFile.model_validate({"version": 1, "deployments": specs}).deployments
         caps = current_scale_caps(session) if caps is None else caps
-        overrides = []
-        for d in deps:
-            item = spec_of(d)
-            name = serve_deployment_name(item.model.name)
-            start = _deployed_policy_kwargs(running, name).get("replica_start_s") \
-                if same_build else None
-            if start is None:
-                start = replica_start(session, item).seconds
-            overrides.append({"name": name, "autoscaling_config": autoscaling_override(
-                item, replica_start_s=start, cap=caps.get(d.id),
-                running=name in ((running or {}).get("deployments") or {}))})
-        app: dict[str, Any] = {
-            "name": target.app_name,
-            "route_prefix": target.route_prefix,
-            "import_path": target.import_path,
-            "args": args,
-            "deployments": overrides,
-        }
-        if target.runtime_env:
-            app["runtime_env"] = target.runtime_env
-        apps.append(app)
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": target.http_host, "port": target.http_port},
-        "applications": apps,
-    }
+        capped = {item.name: caps[d.id].replicas
+                  for d, item in zip(deps, items, strict=True) if d.id in caps}
+        starts = {item.name: replica_start(session, item).seconds for item in items}
+    return render(target, specs, details=details, caps=capped, replica_start_s=starts)
 
 
 @dataclass(frozen=True)
@@ -482,14 +351,15 @@ class ApplyResult:
 
 
 def apply_all(session: Session, serve_client: ServeClient | None,
-              now: datetime | None = None, *, trigger: str = "write",
-              details: dict[str, Any] | None = None) -> ApplyResult:
+              render: RenderServeConfig | None, now: datetime | None = None, *,
+              trigger: str = "write", details: dict[str, Any] | None = None) -> ApplyResult:
     """PUT the desired state to Serve and record the outcome on every deployment.
 
     Serve's current state (``details``; fetched when not given) shapes the config (see
-    :func:`desired_config`). Unreachable dashboard (or no Serve configured): deployments stay
-    ``pending`` with the reason; wrong token or refused config: ``failed`` with Serve's
-    message. Never raises for Serve errors: a write that triggered it still succeeds.
+    :func:`desired_config`). Unreachable dashboard, no Serve configured or no renderer wired
+    (``render`` None: the app was built without the data plane): deployments stay ``pending``
+    with the reason; wrong token or refused config: ``failed`` with Serve's message. Never
+    raises for Serve errors: a write that triggered it still succeeds.
     """
     now = now or utcnow()
     started = time.monotonic()
@@ -497,11 +367,13 @@ def apply_all(session: Session, serve_client: ServeClient | None,
     names: list[str] = []
     if serve_client is None:
         message = "Serve is not configured (INVENTIV_RAY_DASHBOARD_URL)"
+    elif render is None:
+        message = NO_RENDERER
     else:
         try:
             if details is None:
                 details = serve_client.get_applications()
-            config = desired_config(session, serve_client.target, details)
+            config = desired_config(session, serve_client.target, render, details)
             names = [a["name"] for a in config["applications"]]
             serve_client.put_applications(config)
             ok, status = True, "applied"
@@ -534,54 +406,26 @@ def apply_all(session: Session, serve_client: ServeClient | None,
     return ApplyResult(ok, status, message, names)
 
 
-def _deployed_state(details: dict[str, Any], app_name: str) -> Any:
-    app = _serve_app(details, app_name)
-    if app is None:
-        return None
-    cfg = app.get("deployed_app_config") or {}
-    return {"import_path": cfg.get("import_path"), "args": cfg.get("args"),
-            "deployments": {d.get("name"): d.get("autoscaling_config")
-                            for d in cfg.get("deployments") or [] if isinstance(d, dict)}}
-
-
-def in_sync(session: Session, serve_client: ServeClient,
+def in_sync(session: Session, serve_client: ServeClient, render: RenderServeConfig,
             details: dict[str, Any] | None = None,
             caps: dict[uuid.UUID, ScaleCap] | None = None) -> bool:
     """Whether Serve runs exactly the desired applications with the desired arguments and
     per-deployment autoscaling configs (a budget cap that started or ended makes it False)."""
     if details is None:
         details = serve_client.get_applications()
-    desired = desired_config(session, serve_client.target, details, caps)
-    running = set(details.get("applications") or {})
-    wanted = {a["name"] for a in desired["applications"]}
-    if running != wanted:
-        return False
-    for app in desired["applications"]:
-        want = {"import_path": app["import_path"], "args": app["args"],
-                "deployments": {d["name"]: d["autoscaling_config"] for d in app["deployments"]}}
-        if _deployed_state(details, app["name"]) != want:
-            return False
-    return True
-
-
-# Serve's application status -> ours, once Serve accepted the config. "unhealthy" is not
-# re-applied by the sync loop (the same config would not fix it); a new write or a fix of the
-# cluster does.
-SERVE_STATUS = {"RUNNING": "running", "DEPLOYING": "applied", "NOT_STARTED": "applied",
-                "DEPLOY_FAILED": "unhealthy", "UNHEALTHY": "unhealthy"}
+    return runs_config(details, desired_config(session, serve_client.target, render, details,
+                                               caps))
 
 
 def record_serve_status(session: Session, details: dict[str, Any], app_name: str,
                         now: datetime) -> str | None:
-    """Copy Serve's status of our application onto the applied deployments."""
-    app = (details.get("applications") or {}).get(app_name)
-    if not isinstance(app, dict):
+    """Copy Serve's status of our application onto the applied deployments. "unhealthy" is not
+    re-applied by the sync loop (the same config would not fix it); a new write or a fix of
+    the cluster does."""
+    status = app_status(details, app_name)
+    if status is None:
         return None
-    serve_status = str(app.get("status") or "")
-    ours = SERVE_STATUS.get(serve_status)
-    if ours is None:
-        return None
-    message = _short(str(app.get("message") or "")) if ours == "unhealthy" else None
+    ours, message = status
     for dep in active_deployments(session):
         if dep.status in ("applied", "running", "unhealthy") and (
                 dep.status, dep.status_message) != (ours, message):
@@ -590,25 +434,22 @@ def record_serve_status(session: Session, details: dict[str, Any], app_name: str
     return ours
 
 
-def _short(text: str, limit: int = 2000) -> str | None:
-    """Serve's messages are often tracebacks: keep the first line and the end (the error)."""
-    text = text.strip()
-    if len(text) <= limit:
-        return text or None
-    first = text.splitlines()[0][:200]
-    return f"{first} ... {text[-(limit - len(first) - 5):]}"
-
-
-def serve_sync_job(serve_client: ServeClient | None, plane: Any = None) -> Any:
+def serve_sync_job(serve_client: ServeClient | None,
+                   plane: DataPlane) -> Callable[[Session, datetime], dict[str, Any]]:
     """A ``PeriodicJobs`` job: start or end budget caps (:func:`update_scale_caps`), then
     re-apply when Serve's applications differ from the desired state (Serve restarted, someone
     deployed by hand, a cap started or ended) or when a deployment is not applied yet
     (``pending``, ``failed``, ``deleting``); otherwise copy Serve's app status (``running``,
-    ``unhealthy`` with Serve's message) onto the deployments."""
+    ``unhealthy`` with Serve's message) onto the deployments. The config is rendered by
+    ``plane.render_serve_config``; without one (no data plane wired) the job skips, and the
+    writes stay ``pending`` with :data:`NO_RENDERER` as their message."""
 
-    def job(session: Session, now: datetime) -> object:
+    def job(session: Session, now: datetime) -> dict[str, Any]:
         if serve_client is None:
             return {"skipped": "Serve not configured"}
+        render = plane.render_serve_config
+        if render is None:
+            return {"skipped": NO_RENDERER}
         unsettled = session.scalar(select(Deployment.id).where(
             Deployment.status.in_(("pending", "failed", "deleting"))).limit(1))
         try:
@@ -616,10 +457,10 @@ def serve_sync_job(serve_client: ServeClient | None, plane: Any = None) -> Any:
         except ServeError as exc:
             return {"error": exc.kind, "message": exc.reason}
         caps = update_scale_caps(session, details, serve_client.target.app_name, now)
-        if in_sync(session, serve_client, details, caps) and unsettled is None:
+        if in_sync(session, serve_client, render, details, caps) and unsettled is None:
             status = record_serve_status(session, details, serve_client.target.app_name, now)
             return {"in_sync": True, "serve_status": status}
-        result = apply_all(session, serve_client, now, trigger="sync", details=details)
+        result = apply_all(session, serve_client, render, now, trigger="sync", details=details)
         return {"in_sync": False, "applied": result.ok, "status": result.status}
 
     return job

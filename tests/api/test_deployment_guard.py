@@ -1,6 +1,7 @@
 """Budget guard, learned replica start time and model linking of /api/deployments, on Postgres
-and SQLite. Serve's side (a cap keeps replicas) is in tests/test_serve_client.py; here the
-Serve state the guard reads is given as Serve's GET shape, and the config is checked as sent."""
+and SQLite. Serve's side (a cap keeps replicas) is in tests/control_api/test_serve_client.py;
+here the Serve state the guard reads is given as Serve's GET shape, and the config is checked as
+sent (rendered by the data plane's renderer, as `inventiv api serve` wires it)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from control_api.ports import DataPlane
 from control_api.serve_client import ServeClient, ServeTarget
 from control_api.services import deployments as svc
 from core.db import utcnow
@@ -29,6 +31,7 @@ from core.models import (
     Model,
 )
 from finops.budgets import CAP_ENDED, CAP_STARTED, evaluate_budgets
+from serve_apps.serve_config import render_serve_config as render
 from tests.conftest import Factory
 
 APP = "inventiv"
@@ -58,6 +61,7 @@ def api(client: TestClient) -> TestClient:
         port = sock.getsockname()[1]
     client.app.state.serve_client = ServeClient(  # type: ignore[attr-defined]
         f"http://127.0.0.1:{port}", timeout_s=2)
+    client.app.state.plane = DataPlane(render_serve_config=render)  # type: ignore[attr-defined]
     return client
 
 
@@ -121,7 +125,7 @@ def test_budget_cap_lifecycle(api: TestClient, admin_headers: dict[str, str],
                              o: ["RUNNING", "RUNNING"]})
     now = utcnow()
     with session(api) as s, s.begin():
-        before = overrides(svc.desired_config(s, target, details))
+        before = overrides(svc.desired_config(s, target, render, details))
         # The org that may use "guarded" spends over a zero budget: exceeded.
         s.add(Budget(scope=BudgetScope.ORG, target_id=org, org_id=org, monthly_eur=Decimal(0)))
         s.flush()
@@ -132,8 +136,8 @@ def test_budget_cap_lifecycle(api: TestClient, admin_headers: dict[str, str],
         svc.update_scale_caps(s, details, APP, now + timedelta(seconds=30))
         svc.update_scale_caps(s, serve_details({g: ["RUNNING"]}), APP,
                               now + timedelta(seconds=60))
-        after = overrides(svc.desired_config(s, target, details))
-        assert not svc.in_sync(s, ServeClient(target=target), serve_details(
+        after = overrides(svc.desired_config(s, target, render, details))
+        assert not svc.in_sync(s, ServeClient(target=target), render, serve_details(
             {}, deployments=[{"name": n, "autoscaling_config": c} for n, c in before.items()]))
     shown = api.get("/api/deployments/guarded", headers=admin_headers).json()
     assert shown["scale_cap"]["replicas"] == 3
@@ -166,7 +170,7 @@ def test_budget_cap_lifecycle(api: TestClient, admin_headers: dict[str, str],
         evaluate_budgets(s, now)
         assert svc.update_scale_caps(s, details, APP, now) == {}
         svc.update_scale_caps(s, details, APP, now)
-        assert overrides(svc.desired_config(s, target, details)) == before
+        assert overrides(svc.desired_config(s, target, render, details)) == before
         assert len(list(s.scalars(select(ActionLog.id).where(
             ActionLog.type == CAP_ENDED)))) == 1
     assert api.get("/api/deployments/guarded", headers=admin_headers).json()["scale_cap"] \
@@ -187,7 +191,7 @@ def test_deployment_budget_cap_without_serve_status(api: TestClient,
         # Serve unknown (unreachable, not deployed yet): the cap is min_replicas.
         caps = svc.update_scale_caps(s, None, APP, now)
         assert (caps[dep_id].replicas, caps[dep_id].reason) == (2, "deployment budget exceeded")
-        cfg = overrides(svc.desired_config(s, ServeTarget(app_name=APP)))
+        cfg = overrides(svc.desired_config(s, ServeTarget(app_name=APP), render))
         assert cfg["LLMServer:model-o"]["max_replicas"] == 2
         assert "policy" not in cfg["LLMServer:model-o"]  # policy: ray
         # Deleted while capped: the cap is closed.
@@ -252,7 +256,7 @@ def test_replica_start_learned_from_lifecycle(api: TestClient,
     assert listed == {"local-chat": 95.0, "fixed": 45.0}
     target = ServeTarget(app_name=APP)
     with session(api) as s:
-        config = svc.desired_config(s, target)
+        config = svc.desired_config(s, target, render)
         kwargs = overrides(config)["LLMServer:tiny"]["policy"]["policy_kwargs"]
         assert kwargs["replica_start_s"] == 95.0
         assert overrides(config)["LLMServer:fixed"]["policy"]["policy_kwargs"][
@@ -263,10 +267,10 @@ def test_replica_start_learned_from_lifecycle(api: TestClient,
             "policy": {"policy_function": "x:y", "policy_kwargs": {"replica_start_s": 50}}}}]
         args = config["applications"][0]["args"]
         same = serve_details({}, args=args, deployments=deployed)
-        assert overrides(svc.desired_config(s, target, same))["LLMServer:tiny"]["policy"][
+        assert overrides(svc.desired_config(s, target, render, same))["LLMServer:tiny"]["policy"][
             "policy_kwargs"]["replica_start_s"] == 50
         other = serve_details({}, args={**args, "options": {}}, deployments=deployed)
-        assert overrides(svc.desired_config(s, target, other))["LLMServer:tiny"]["policy"][
+        assert overrides(svc.desired_config(s, target, render, other))["LLMServer:tiny"]["policy"][
             "policy_kwargs"]["replica_start_s"] == 95.0
 
 
@@ -278,12 +282,12 @@ def test_replica_bounds_change_keeps_the_app_build(api: TestClient,
     post(api, admin_headers, GUARDED)
     target = ServeTarget(app_name=APP)
     with session(api) as s:
-        before = svc.desired_config(s, target)
+        before = svc.desired_config(s, target, render)
     post(api, admin_headers, GUARDED.replace(
         "autoscaling: {min_replicas: 1, max_replicas: 8}",
         "autoscaling: {min_replicas: 2, max_replicas: 6, target_ongoing_requests: 3}"))
     with session(api) as s:
-        after = svc.desired_config(s, target)
+        after = svc.desired_config(s, target, render)
     assert after["applications"][0]["args"] == before["applications"][0]["args"]
     assert (overrides(after)["LLMServer:model-g"]["max_replicas"],
             overrides(after)["LLMServer:model-g"]["min_replicas"],
@@ -292,7 +296,7 @@ def test_replica_bounds_change_keeps_the_app_build(api: TestClient,
         "autoscaling: {min_replicas: 1, max_replicas: 8}",
         "autoscaling: {min_replicas: 0, max_replicas: 8}"))
     with session(api) as s:
-        zero = svc.desired_config(s, target)
+        zero = svc.desired_config(s, target, render)
     built = {d["name"]: d for d in zero["applications"][0]["args"]["spec"]["deployments"]}
     assert built["guarded"]["autoscaling"]["min_replicas"] == 0
     assert zero["applications"][0]["args"] != before["applications"][0]["args"]

@@ -1,7 +1,7 @@
 """/api/deployments: validation with field and line, upsert versioning, RBAC, soft delete,
 action logs, and the best-effort apply (an unreachable dashboard leaves them "pending").
 
-The Serve side against a real Ray head is in tests/test_serve_client.py.
+The Serve side against a real Ray head is in tests/control_api/test_serve_client.py.
 """
 
 from __future__ import annotations
@@ -16,10 +16,16 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from control_api.errors import ERROR_RESPONSES
+from control_api.ports import NO_DATA_PLANE, DataPlane
 from control_api.routes import deployments as deployments_routes
 from control_api.serve_client import ServeClient
-from core.models import ActionLog
+from control_api.services import deployments as svc
+from core.models import ActionLog, Deployment
+from serve_apps.serve_config import render_serve_config
 from tests.conftest import Factory
+
+# The data plane as `inventiv api serve` wires it (cli.compose): the Serve config renderer.
+PLANE = DataPlane(render_serve_config=render_serve_config)
 
 LOCAL_YAML = Path(__file__).resolve().parents[3] / "configs" / "deployments" / "local.yaml"
 
@@ -51,6 +57,7 @@ def api(client: TestClient) -> TestClient:
     if not any(getattr(r, "path", "").startswith("/api/deployments") for r in app.routes):
         app.include_router(deployments_routes.router, responses=ERROR_RESPONSES)
     app.state.serve_client = ServeClient(f"http://127.0.0.1:{closed_port()}", timeout_s=2)
+    app.state.plane = PLANE
     return client
 
 
@@ -219,6 +226,7 @@ def test_cli_over_http(db: Any, settings: Any, tmp_path: Path) -> None:
     if not any(getattr(r, "path", "").startswith("/api/deployments") for r in app.routes):
         app.include_router(deployments_routes.router, responses=ERROR_RESPONSES)
     app.state.serve_client = ServeClient(f"http://127.0.0.1:{closed_port()}", timeout_s=2)
+    app.state.plane = PLANE
     cli = typer.Typer()
     cli.command("deploy")(deploy_cli.deploy)
     cli.add_typer(deploy_cli.app, name="deployments")
@@ -253,3 +261,27 @@ def test_cli_over_http(db: Any, settings: Any, tmp_path: Path) -> None:
         assert r.exit_code == 0 and "deleting" in r.stdout
         r = run("deployments", "list")
         assert r.exit_code == 0 and "minilm-embed" in r.stdout
+
+
+def test_without_a_data_plane_writes_stay_pending(api: TestClient,
+                                                  admin_headers: dict[str, str]) -> None:
+    """An app built without the data plane (no Serve config renderer) stores the write and
+    leaves it ``pending`` saying why; the sync job skips. Never a 500."""
+    state: Any = api.app.state  # type: ignore[attr-defined]
+    state.plane = NO_DATA_PLANE
+    r = post_yaml(api, admin_headers, ONE)
+    assert r.status_code == 200, r.text
+    [item] = r.json()["items"]
+    assert (item["status"], item["status_message"]) == ("pending", svc.NO_RENDERER)
+    shown = api.get("/api/deployments/chat-a", headers=admin_headers).json()
+    assert (shown["status"], shown["status_message"]) == ("pending", svc.NO_RENDERER)
+    [apply] = logs(api, "deployment.apply")
+    assert (apply.status, apply.error_code) == ("failure", "serve_pending")
+    job = svc.serve_sync_job(state.serve_client, NO_DATA_PLANE)
+    with state.sessionmaker() as s:
+        assert job(s, svc.utcnow()) == {"skipped": svc.NO_RENDERER}
+        assert s.scalar(select(Deployment.status)) == "pending"
+    r = api.delete("/api/deployments/chat-a", headers=admin_headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "deleting"
+    assert r.json()["status_message"] == f"pending: {svc.NO_RENDERER}"

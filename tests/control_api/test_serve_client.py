@@ -27,6 +27,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_api.ports import DataPlane
 from control_api.serve_client import (
     ServeAuthError,
     ServeClient,
@@ -40,9 +41,12 @@ from control_api.settings import Settings
 from core.models import ActionLog, Budget, BudgetScope, Deployment
 from core.spec import parse_spec
 from finops.budgets import current_scale_caps, evaluate_budgets
+from serve_apps.serve_config import render_serve_config
 from tests.conftest import _postgres_available
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+# The control API as `inventiv api serve` builds it: with the data plane's Serve config renderer.
+PLANE = DataPlane(render_serve_config=render_serve_config)
 RAY = Path(sys.executable).parent / "ray"
 APP = "inventiv-test"
 
@@ -196,7 +200,7 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
     # apply_all: the desired state (one deployment) becomes a running Serve app.
     with db() as s, s.begin():
         add(s, SPEC.format(name="alpha"))
-        result = svc.apply_all(s, client)
+        result = svc.apply_all(s, client, render_serve_config)
         assert (result.ok, result.status, result.applications) == (True, "applied", [APP])
         assert s.scalar(select(Deployment.status).where(Deployment.name == "alpha")) == "applied"
     app = wait_app(client, present=True)
@@ -206,7 +210,7 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
 
     # In sync: the job does nothing. After Serve lost the app (restart, manual delete), the
     # job re-applies it.
-    job = svc.serve_sync_job(client)
+    job = svc.serve_sync_job(client, PLANE)
     with db() as s, s.begin():
         assert job(s, svc.utcnow()) == {"in_sync": True, "serve_status": "running"}
         assert s.scalar(select(Deployment.status).where(Deployment.name == "alpha")) == "running"
@@ -222,7 +226,7 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
         dep = s.scalar(select(Deployment).where(Deployment.name == "alpha"))
         assert dep is not None
         dep.deleted_at, dep.status = svc.utcnow(), "deleting"
-        assert svc.apply_all(s, client).applications == []
+        assert svc.apply_all(s, client, render_serve_config).applications == []
         assert dep.status == "deleted"
     wait_app(client, present=False)
 
@@ -238,7 +242,7 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
     assert info.value.status == 401
     with db() as s, s.begin():
         add(s, SPEC.format(name="beta"))
-        result = svc.apply_all(s, wrong)
+        result = svc.apply_all(s, wrong, render_serve_config)
         assert (result.ok, result.status) == (False, "failed")
         beta = s.scalar(select(Deployment).where(Deployment.name == "beta"))
         assert beta is not None and beta.status == "failed"
@@ -254,12 +258,12 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
     with pytest.raises(ServeUnreachable):
         dead.get_applications()
     with db() as s, s.begin():
-        result = svc.apply_all(s, dead)
+        result = svc.apply_all(s, dead, render_serve_config)
         assert (result.ok, result.status) == (False, "pending")
         beta = s.scalar(select(Deployment).where(Deployment.name == "beta"))
         assert beta is not None and beta.status == "pending"
         assert "connection refused" in (beta.status_message or "")
-        assert svc.serve_sync_job(dead)(s, svc.utcnow())["error"] == "unreachable"
+        assert svc.serve_sync_job(dead, PLANE)(s, svc.utcnow())["error"] == "unreachable"
     # The sync job with the right token settles "beta" (pending -> applied).
     with db() as s, s.begin():
         assert job(s, svc.utcnow())["applied"] is True
@@ -271,9 +275,9 @@ def test_apply_sync_and_errors_on_a_real_head(db_url: str, ray_head: Head,
     broken = ServeClient(ray_head.dashboard_url, token_file=ray_head.token_file,
                          target=replace(target(ray_head),
                                         import_path="tests.serve_fixture_app:broken"))
-    broken_job = svc.serve_sync_job(broken)
+    broken_job = svc.serve_sync_job(broken, PLANE)
     with db() as s, s.begin():
-        assert svc.apply_all(s, broken).ok
+        assert svc.apply_all(s, broken, render_serve_config).ok
     deadline = time.monotonic() + 60
     while (broken.get_applications()["applications"].get(APP) or {}).get("status") \
             != "DEPLOY_FAILED":
@@ -379,10 +383,10 @@ def test_budget_cap_is_a_lightweight_update(db_url: str, ray_head: Head,
         pytest.skip("runs once, on Postgres")
     client = ServeClient(ray_head.dashboard_url, token_file=ray_head.token_file,
                          timeout_s=20, target=target(ray_head))
-    job = svc.serve_sync_job(client)
+    job = svc.serve_sync_job(client, PLANE)
     with db() as s, s.begin():
         add(s, GUARDED)
-        assert svc.apply_all(s, client).ok
+        assert svc.apply_all(s, client, render_serve_config).ok
     wait_app(client, present=True)
     before = replica_ids(client)
     assert len(before["LLMServer:m-gamma"]) == 2 and len(before["LLMServer:m_delta"]) == 1
@@ -423,7 +427,8 @@ def test_budget_cap_is_a_lightweight_update(db_url: str, ray_head: Head,
     # Why not policy_kwargs: the same config with only gamma's policy_kwargs changed is a new
     # code version for Serve, and EVERY replica of the app (delta's, the ingress') restarts.
     with db() as s:
-        config = svc.desired_config(s, client.target, client.get_applications())
+        config = svc.desired_config(s, client.target, render_serve_config,
+                                    client.get_applications())
     gamma = next(d for d in config["applications"][0]["deployments"]
                  if d["name"] == "LLMServer:m-gamma")
     gamma["autoscaling_config"]["policy"]["policy_kwargs"]["replica_start_s"] += 5
