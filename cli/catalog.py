@@ -13,7 +13,16 @@ from typing import Annotated, Any
 import typer
 
 from cli.config import make_client
-from cli.output import JsonOpt, fail, handles_errors, info, print_json, print_table, warn
+from cli.output import (
+    JsonOpt,
+    fail,
+    fmt,
+    handles_errors,
+    info,
+    print_json,
+    print_table,
+    warn,
+)
 
 app = typer.Typer(help="The GPU catalog: sync live types, prices and availability; list them.",
                   no_args_is_help=True)
@@ -112,7 +121,7 @@ def list_types(provider: ProviderOpt = None, zone: ZoneOpt = None, gpu_model: Gp
                 ["provider", "name", "GPUs", "GPU", "VRAM GB", "EUR/h", "since", "zones"],
                 [(t.provider, t.name, t.gpu_count, t.gpu_model, t.gpu_vram_gb, t.hourly_eur,
                   t.price_effective_from,
-                  [f"{z.zone}:{z.availability}" for z in t.zones]) for t in types],
+                  [f"{z.zone}:{fmt(z.availability)}" for z in t.zones]) for t in types],
                 empty="no instance type")
 
 

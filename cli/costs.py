@@ -8,8 +8,18 @@ from typing import Annotated
 import typer
 
 from cli.config import make_client
-from cli.output import JsonOpt, handles_errors, info, print_fields, print_json, print_table, stdout
-from control_api.client.finops import FinopsClient, SeriesPoint
+from cli.output import (
+    JsonOpt,
+    fmt,
+    handles_errors,
+    info,
+    print_fields,
+    print_json,
+    print_table,
+    stdout,
+)
+from control_api.client.finops import FinopsClient
+from control_api.schemas.finops import SeriesPoint
 
 app = typer.Typer(help="Costs, forecasts, unit costs, chargeback and budgets.",
                   no_args_is_help=True)
@@ -224,7 +234,8 @@ def budgets_set(
     if as_json:
         print_json(b)
         return
-    info(f"budget {b.id}: {_eur(b.monthly_eur)} / month, spent {_eur(b.spent_eur)} ({b.state})")
+    info(f"budget {b.id}: {_eur(b.monthly_eur)} / month, spent {_eur(b.spent_eur)} "
+         f"({fmt(b.state)})")
 
 
 @budgets_app.command("delete")

@@ -10,13 +10,14 @@ from cli.config import make_client
 from cli.output import (
     JsonOpt,
     fail,
+    fmt,
     handles_errors,
     info,
     print_fields,
     print_json,
     print_table,
 )
-from control_api.client.api import Instance, InstanceDetail
+from control_api.schemas.instances import InstanceDetail, InstanceOut
 
 app = typer.Typer(help="Instances (VMs and local nodes) through their lifecycle.",
                   no_args_is_help=True)
@@ -25,7 +26,7 @@ InstanceRef = Annotated[str, typer.Argument(help="Instance id.")]
 HEADERS = ["id", "state", "cluster", "provider", "zone", "type", "node type", "since", "error"]
 
 
-def _row(i: Instance) -> tuple[object, ...]:
+def _row(i: InstanceOut) -> tuple[object, ...]:
     return (i.id, i.state, i.cluster_name, i.provider, i.zone, i.instance_type, i.node_type,
             i.state_entered_at, i.error_code)
 
@@ -109,4 +110,4 @@ def terminate(
     if json_out:
         print_json(detail)
         return
-    info(f"Instance {detail.id} is now {detail.state}")
+    info(f"Instance {detail.id} is now {fmt(detail.state)}")

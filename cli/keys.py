@@ -10,7 +10,7 @@ import typer
 
 from cli.config import make_client
 from cli.output import JsonOpt, handles_errors, info, print_json, print_table, stdout, warn
-from control_api.client.api import ApiKey
+from control_api.schemas.identity import ApiKeyOut
 
 app = typer.Typer(help="API keys (the secret is shown once, at creation).", no_args_is_help=True)
 
@@ -38,7 +38,7 @@ def _budget(value: str | None) -> Decimal | None:
     return amount
 
 
-def _status(key: ApiKey, now: datetime) -> str:
+def _status(key: ApiKeyOut, now: datetime) -> str:
     if key.revoked_at is not None:
         return "revoked"
     if key.expires_at is not None and key.expires_at <= now:
@@ -46,7 +46,7 @@ def _status(key: ApiKey, now: datetime) -> str:
     return "active"
 
 
-def _limits(key: ApiKey) -> str | None:
+def _limits(key: ApiKeyOut) -> str | None:
     parts = [f"{key.rpm_limit} rpm" if key.rpm_limit else "",
              f"{key.tpm_limit} tpm" if key.tpm_limit else ""]
     return " ".join(p for p in parts if p) or None

@@ -10,7 +10,8 @@ import typer
 
 from cli.config import make_client
 from cli.output import JsonOpt, handles_errors, info, print_json, print_table
-from control_api.client.api import ActionLog, ActionLogPage, is_uuid
+from control_api.client.api import is_uuid
+from control_api.schemas.action_logs import ActionLogList, ActionLogOut
 
 _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -34,7 +35,7 @@ def parse_when(value: str | None, *, now: datetime | None = None,
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _row(log: ActionLog) -> tuple[object, ...]:
+def _row(log: ActionLogOut) -> tuple[object, ...]:
     error = f"{log.error_code}: {log.error_message}" if log.error_code else log.error_message
     return (log.created_at, log.type, log.status, log.component, log.instance_id, log.duration_ms,
             error)
@@ -67,7 +68,7 @@ def logs(
         user_id = (user if is_uuid(user) else str(client.find_user(user).id)) if user else None
         org_id = (org if is_uuid(org) else str(client.find_org(org).id)) if org else None
 
-        def fetch(at: str | None) -> ActionLogPage:
+        def fetch(at: str | None) -> ActionLogList:
             return client.list_action_logs(
                 type=type_, status=status, component=component, instance_id=instance,
                 user_id=user_id, org_id=org_id, since=since_at, until=until_at, limit=limit,

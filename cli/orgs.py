@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from cli.config import make_client
-from cli.output import JsonOpt, handles_errors, info, print_fields, print_json, print_table
+from cli.output import (
+    JsonOpt,
+    fmt,
+    handles_errors,
+    info,
+    print_fields,
+    print_json,
+    print_table,
+)
 from control_api.client.api import is_uuid
 
 app = typer.Typer(help="Organisations and memberships.", no_args_is_help=True)
@@ -103,7 +111,7 @@ def add_member(
     if json_out:
         print_json(member)
         return
-    info(f"Added {member.username or member.user_id} to {found.name} as {member.role}")
+    info(f"Added {member.username or member.user_id} to {found.name} as {fmt(member.role)}")
 
 
 @app.command("set-role")
@@ -122,7 +130,7 @@ def set_role(
     if json_out:
         print_json(member)
         return
-    info(f"{member.username or member.user_id} is now {member.role} of {found.name}")
+    info(f"{member.username or member.user_id} is now {fmt(member.role)} of {found.name}")
 
 
 @app.command("remove-member")

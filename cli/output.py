@@ -1,8 +1,9 @@
 """Rendering for the CLI: Rich tables for people, plain JSON (``--json``) for scripts, and the one
-place where API errors become ``error: <code>: <message>`` on stderr with exit code 1."""
+place where the clients' errors become ``error: <code>: <message>`` on stderr with exit code 1."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import sys
@@ -17,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from control_api.client.api import ControlApiError
+from control_api.client.errors import ClientError, ControlApiError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,11 +57,14 @@ def print_json(value: Any) -> None:
 
 
 def fmt(value: Any) -> str:
-    """A cell: ``-`` for nothing, UTC times to the second, lists comma-separated."""
+    """A cell: ``-`` for nothing, UTC times to the second, lists comma-separated, enums (roles,
+    states...) by their value."""
     if value is None or value == "":
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%SZ")
     if isinstance(value, list | tuple):
@@ -113,20 +117,27 @@ def fail(code: str, message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _message_with_hint(exc: ClientError) -> str:
+    """The message of a client error, with a hint of what to do for some API answers."""
+    message = exc.message
+    if isinstance(exc, ControlApiError):
+        if exc.status == 401:
+            message += " (log in with `inventiv login`)"
+        elif exc.status == 429 and exc.retry_after:
+            message += f" (retry after {exc.retry_after}s)"
+    return message
+
+
 def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn ControlApiError into a one-line message on stderr and exit code 1 (no traceback)."""
+    """Turn any error of the control API clients (``control_api.client.errors.ClientError``) into
+    a one-line ``error: <code>: <message>`` on stderr and exit code 1 (no traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
-        except ControlApiError as exc:
-            message = exc.message
-            if exc.status == 401:
-                message += " (log in with `inventiv login`)"
-            elif exc.status == 429 and exc.retry_after:
-                message += f" (retry after {exc.retry_after}s)"
-            raise fail(exc.code, message) from None
+        except ClientError as exc:
+            raise fail(exc.code, _message_with_hint(exc)) from None
 
     return wrapper
 

@@ -8,7 +8,7 @@ import typer
 
 from cli.config import make_client
 from cli.output import JsonOpt, handles_errors, info, print_fields, print_json, print_table
-from control_api.client.api import UserInfo
+from control_api.schemas.identity import UserOut
 
 app = typer.Typer(help="Users (creating and disabling them needs a platform admin).",
                   no_args_is_help=True)
@@ -16,7 +16,7 @@ app = typer.Typer(help="Users (creating and disabling them needs a platform admi
 UserRef = Annotated[str, typer.Argument(help="User id, username or email.")]
 
 
-def _show(user: UserInfo, json_out: bool) -> None:
+def _show(user: UserOut, json_out: bool) -> None:
     if json_out:
         print_json(user)
         return

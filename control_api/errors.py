@@ -1,20 +1,27 @@
-"""Errors as values with a code, mapped once to ``{"error": {"code", "message"}}`` responses."""
+"""The control plane's errors: values with a stable code, under one root.
+
+Every error ``control_api`` raises on purpose is a :class:`ControlPlaneError`. The HTTP edge
+(:func:`control_api.app.install_error_handlers`) maps them once: an :class:`ApiError` becomes
+``{"error": {"code", "message"}}`` with its status; any other one is a bug where it escapes a
+route, answered as 500 ``internal_error`` (logged, its message not shown). This module holds
+values only (no web framework), so light modules may raise these too.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger(__name__)
+from pydantic import BaseModel
 
 
-class ApiError(Exception):
-    """Base of the control API's errors. ``code`` is stable; ``message`` is for humans."""
+class ControlPlaneError(Exception):
+    """Root of the control plane's errors. ``code`` is stable; the message is for people."""
+
+    code = "internal_error"
+
+
+class ApiError(ControlPlaneError):
+    """An error answered to the client with ``status_code`` and ``code``."""
 
     status_code = 400
     code = "bad_request"
@@ -71,63 +78,14 @@ class InvalidTransition(Conflict):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The body of every error answer: ``{"error": {"code", "message"[, "details"]}}``."""
     err: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         err["details"] = details
     return {"error": err}
 
 
-_HTTP_CODES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "validation_error", 429: "too_many_requests",
-}
-
-
-def _clean_validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    # Never echo submitted values back: they may be passwords or keys.
-    out = []
-    for e in errors:
-        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""),
-                    "type": e.get("type", "")})
-    return out
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(
-            error_body(exc.code, exc.message, exc.details), status_code=exc.status_code,
-            headers=exc.headers,
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = _clean_validation_errors(list(exc.errors()))
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(p for p in first["loc"] if p not in ("body",)) or "request"
-        return JSONResponse(
-            error_body("validation_error", f"{where}: {first['msg']}", details), status_code=422
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-        return JSONResponse(
-            error_body(code, message), status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error: %s", type(exc).__name__)
-        return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
-
-
 # ---------------------------------------------------------------- OpenAPI documentation
-
-from pydantic import BaseModel  # noqa: E402
 
 
 class ErrorDetail(BaseModel):

@@ -16,6 +16,7 @@ import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from control_api.errors import ControlPlaneError
 from core.db import utcnow
 
 JWT_ALGORITHM = "HS256"
@@ -50,8 +51,11 @@ class Passwords:
 # ---------------------------------------------------------------- session JWTs
 
 
-class TokenError(Exception):
-    pass
+class TokenError(ControlPlaneError):
+    """A session JWT that does not verify (bad signature, expired, wrong claims); the auth
+    dependency answers it as 401."""
+
+    code = "invalid_token"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from control_api.errors import ControlPlaneError
 from control_api.settings import Settings
 from core.serve_names import serve_application
 
@@ -30,7 +31,7 @@ DEFAULT_DASHBOARD_URL = "http://127.0.0.1:8265"
 DEFAULT_IMPORT_PATH = "serve_apps.builder:app_builder"
 
 
-class ServeError(Exception):
+class ServeError(ControlPlaneError):
     """Base of the Serve REST client's errors; ``reason`` is short and secret-free."""
 
     kind = "error"

@@ -31,7 +31,13 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from core.db import Base, JSONDoc, Money, UTCDateTime, new_id, utcnow
-from core.states import InstanceState
+from core.states import (  # noqa: F401 - re-exported: the models' column types
+    Availability,
+    BudgetScope,
+    BudgetState,
+    InstanceState,
+    Role,
+)
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -45,36 +51,6 @@ def _enum(cls: type[enum.Enum], name: str) -> Enum:
         values_callable=lambda e: [m.value for m in e],
         validate_strings=True,
     )
-
-
-class Role(str, enum.Enum):
-    OWNER = "owner"
-    ADMIN = "admin"
-    MEMBER = "member"
-    VIEWER = "viewer"
-
-    @property
-    def rank(self) -> int:
-        return {"viewer": 0, "member": 1, "admin": 2, "owner": 3}[self.value]
-
-
-class BudgetScope(str, enum.Enum):
-    ORG = "org"
-    DEPLOYMENT = "deployment"
-    API_KEY = "api_key"
-
-
-class BudgetState(str, enum.Enum):
-    OK = "ok"
-    WARNING = "warning"
-    EXCEEDED = "exceeded"
-
-
-class Availability(str, enum.Enum):
-    AVAILABLE = "available"
-    SCARCE = "scarce"
-    SHORTAGE = "shortage"
-    UNKNOWN = "unknown"
 
 
 # ---------------------------------------------------------------- identity

@@ -2,8 +2,9 @@
 
 Every failure is a :class:`ControlApiError` carrying the HTTP status and the stable ``error.code``
 the API answered (``{"error": {"code", "message"}}``); a server that cannot be reached is a
-:class:`ControlApiUnreachable` naming the URL. Responses are parsed into pydantic models that keep
-unknown fields (``extra="allow"``), so a newer server never breaks an older client.
+:class:`ControlApiUnreachable` naming the URL. Answers are parsed with the server's own response
+models (:mod:`control_api.schemas`), which ignore unknown fields, so a newer server never breaks
+an older client.
 """
 
 from __future__ import annotations
@@ -12,36 +13,44 @@ import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+
+from control_api.client.errors import ControlApiError, ControlApiUnreachable
+from control_api.schemas.action_logs import ActionLogList, ActionLogOut
+from control_api.schemas.catalog import (
+    InstanceTypeList,
+    InstanceTypeOut,
+    PriceOut,
+    ProviderList,
+    ProviderOut,
+    ZoneList,
+    ZoneOut,
+)
+from control_api.schemas.identity import (
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyOut,
+    LoginResponse,
+    MemberList,
+    MemberOut,
+    MeResponse,
+    OrgList,
+    OrgOut,
+    ServiceTokenCreated,
+    ServiceTokenList,
+    ServiceTokenOut,
+    UserList,
+    UserOut,
+)
+from control_api.schemas.instances import InstanceDetail, InstanceList, InstanceOut
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
-
-# ---------------------------------------------------------------- errors
-
-
-class ControlApiError(Exception):
-    """An error answer of the control API (or a transport failure, with ``status == 0``)."""
-
-    def __init__(self, status: int, code: str, message: str, *, details: Any = None,
-                 retry_after: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.retry_after = retry_after
-
-
-class ControlApiUnreachable(ControlApiError):
-    """The control API could not be reached (connection refused, DNS, timeout)."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(0, "unreachable", f"cannot reach the control API at {url} ({reason})")
-        self.url = url
+# The names this client gave two of those models before it used the server's.
+LoginResult = LoginResponse
+ActionLogPage = ActionLogList
 
 
 def _error_from_response(response: httpx.Response) -> ControlApiError:
@@ -61,200 +70,6 @@ def _error_from_response(response: httpx.Response) -> ControlApiError:
         message = body["detail"]
     return ControlApiError(response.status_code, code, message, details=details,
                            retry_after=response.headers.get("retry-after"))
-
-
-# ---------------------------------------------------------------- response models
-
-
-class ApiModel(BaseModel):
-    """Base of the response models: unknown fields are kept, not rejected."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class UserInfo(ApiModel):
-    id: uuid.UUID
-    username: str
-    email: str | None = None
-    is_platform_admin: bool = False
-    is_active: bool | None = None
-    created_at: datetime | None = None
-
-
-class LoginResult(ApiModel):
-    # repr=False: a token must not end up in a traceback or a log line by accident.
-    access_token: str = Field(repr=False)
-    token_type: str = "bearer"  # noqa: S105 (a scheme name, not a secret)
-    expires_at: datetime | None = None
-    user: UserInfo
-
-
-class MembershipInfo(ApiModel):
-    org_id: uuid.UUID
-    org_name: str | None = None
-    role: str
-
-
-class Me(UserInfo):
-    memberships: list[MembershipInfo] = Field(default_factory=list)
-
-
-class Org(ApiModel):
-    id: uuid.UUID
-    name: str
-    display_name: str | None = None
-    created_at: datetime | None = None
-
-
-class Member(ApiModel):
-    user_id: uuid.UUID
-    username: str | None = None
-    email: str | None = None
-    role: str
-    created_at: datetime | None = None
-
-
-class ApiKey(ApiModel):
-    id: uuid.UUID
-    name: str
-    prefix: str
-    org_id: uuid.UUID
-    user_id: uuid.UUID | None = None
-    created_at: datetime | None = None
-    expires_at: datetime | None = None
-    allowed_models: list[str] | None = None
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    monthly_budget_eur: Decimal | None = None
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
-
-
-class ApiKeyCreated(ApiKey):
-    key: str = Field(repr=False)
-
-
-class ServiceToken(ApiModel):
-    id: uuid.UUID
-    name: str
-    component: str
-    prefix: str
-    created_at: datetime | None = None
-    revoked_at: datetime | None = None
-    last_used_at: datetime | None = None
-
-
-class ServiceTokenCreated(ServiceToken):
-    token: str = Field(repr=False)
-
-
-class CatalogProvider(ApiModel):
-    code: str
-    name: str | None = None
-    billing_granularity_seconds: int | None = None
-    billing_minimum_seconds: int | None = None
-
-
-class CatalogZone(ApiModel):
-    code: str
-    region: str | None = None
-    provider: str | None = None
-
-
-class ZoneOffer(ApiModel):
-    zone: str
-    availability: str | None = None
-
-
-class InstanceType(ApiModel):
-    id: uuid.UUID
-    provider: str
-    name: str
-    gpu_count: int = 0
-    gpu_model: str | None = None
-    gpu_vram_gb: int = 0
-    vcpus: int = 0
-    ram_gb: int = 0
-    ray_resources: dict[str, Any] | None = None
-    hourly_eur: Decimal | None = None
-    price_effective_from: datetime | None = None
-    zones: list[ZoneOffer] = Field(default_factory=list)
-
-
-class Instance(ApiModel):
-    id: uuid.UUID
-    launch_id: str | None = None
-    cluster_name: str | None = None
-    provider: str | None = None
-    zone: str | None = None
-    instance_type: str | None = None
-    node_type: str | None = None
-    provider_instance_id: str | None = None
-    ray_node_id: str | None = None
-    private_ip: str | None = None
-    public_ip: str | None = None
-    deployment_id: uuid.UUID | None = None
-    state: str
-    state_entered_at: datetime | None = None
-    state_deadline_at: datetime | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
-
-
-class StateChange(ApiModel):
-    from_state: str | None = None
-    to_state: str
-    at: datetime
-    reason: str | None = None
-    error_code: str | None = None
-    actor: str | None = None
-
-
-class BillingInterval(ApiModel):
-    id: int | None = None
-    provider: str | None = None
-    zone: str | None = None
-    instance_type: str | None = None
-    deployment_id: uuid.UUID | None = None
-    started_at: datetime
-    ended_at: datetime | None = None
-
-
-class InstanceDetail(Instance):
-    history: list[StateChange] = Field(default_factory=list)
-    billing_intervals: list[BillingInterval] = Field(default_factory=list)
-
-
-class ActionLog(ApiModel):
-    id: int | str
-    type: str
-    component: str | None = None
-    status: str
-    error_code: str | None = None
-    error_message: str | None = None
-    instance_id: uuid.UUID | None = None
-    user_id: uuid.UUID | None = None
-    org_id: uuid.UUID | None = None
-    duration_ms: int | None = None
-    parent_id: int | str | None = None
-    metadata: dict[str, Any] | None = None
-    created_at: datetime
-
-
-T = TypeVar("T", bound=BaseModel)
-
-
-class Page(ApiModel, Generic[T]):
-    """One page of a paginated list; ``next_cursor`` is ``None`` on the last page."""
-
-    items: list[T]
-    next_cursor: str | None = None
-
-
-class ActionLogPage(Page[ActionLog]):
-    counts: dict[str, int] = Field(default_factory=dict)
 
 
 def _query(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,9 +161,9 @@ class ControlApiClient:
 
     # -- auth
 
-    def login(self, username: str, password: str) -> LoginResult:
+    def login(self, username: str, password: str) -> LoginResponse:
         """Log in; the client keeps the returned bearer token for its next calls."""
-        result = LoginResult.model_validate(
+        result = LoginResponse.model_validate(
             self._post("/api/auth/login", {"username": username, "password": password}))
         self.token = result.access_token
         return result
@@ -357,8 +172,8 @@ class ControlApiClient:
         """Revoke the current session."""
         self._post("/api/auth/logout")
 
-    def me(self) -> Me:
-        return Me.model_validate(self._get("/api/auth/me"))
+    def me(self) -> MeResponse:
+        return MeResponse.model_validate(self._get("/api/auth/me"))
 
     def change_password(self, current_password: str, new_password: str) -> None:
         self._post("/api/auth/password", {"current_password": current_password,
@@ -366,29 +181,29 @@ class ControlApiClient:
 
     # -- users
 
-    def list_users(self) -> list[UserInfo]:
-        return [UserInfo.model_validate(u) for u in self._get("/api/users")["items"]]
+    def list_users(self) -> list[UserOut]:
+        return UserList.model_validate(self._get("/api/users")).items
 
     def create_user(self, username: str, email: str, password: str,
-                    is_platform_admin: bool = False) -> UserInfo:
-        return UserInfo.model_validate(self._post("/api/users", {
+                    is_platform_admin: bool = False) -> UserOut:
+        return UserOut.model_validate(self._post("/api/users", {
             "username": username, "email": email, "password": password,
             "is_platform_admin": is_platform_admin}))
 
-    def get_user(self, user_id: uuid.UUID | str) -> UserInfo:
-        return UserInfo.model_validate(self._get(f"/api/users/{user_id}"))
+    def get_user(self, user_id: uuid.UUID | str) -> UserOut:
+        return UserOut.model_validate(self._get(f"/api/users/{user_id}"))
 
     def update_user(self, user_id: uuid.UUID | str, *, email: str | None = None,
                     is_active: bool | None = None, password: str | None = None,
-                    is_platform_admin: bool | None = None) -> UserInfo:
+                    is_platform_admin: bool | None = None) -> UserOut:
         body = _body(email=email, is_active=is_active, password=password,
                      is_platform_admin=is_platform_admin)
-        return UserInfo.model_validate(self.request("PATCH", f"/api/users/{user_id}", json=body))
+        return UserOut.model_validate(self.request("PATCH", f"/api/users/{user_id}", json=body))
 
     def delete_user(self, user_id: uuid.UUID | str) -> None:
         self.request("DELETE", f"/api/users/{user_id}")
 
-    def find_user(self, ref: str) -> UserInfo:
+    def find_user(self, ref: str) -> UserOut:
         """A user by id, or by username/email among the users the caller may list."""
         if is_uuid(ref):
             return self.get_user(ref)
@@ -399,25 +214,25 @@ class ControlApiClient:
 
     # -- orgs and members
 
-    def list_orgs(self) -> list[Org]:
-        return [Org.model_validate(o) for o in self._get("/api/orgs")["items"]]
+    def list_orgs(self) -> list[OrgOut]:
+        return OrgList.model_validate(self._get("/api/orgs")).items
 
     def create_org(self, name: str, display_name: str | None = None,
-                   owner_username: str | None = None) -> Org:
-        return Org.model_validate(self._post("/api/orgs", _body(
+                   owner_username: str | None = None) -> OrgOut:
+        return OrgOut.model_validate(self._post("/api/orgs", _body(
             name=name, display_name=display_name, owner_username=owner_username)))
 
-    def get_org(self, org_id: uuid.UUID | str) -> Org:
-        return Org.model_validate(self._get(f"/api/orgs/{org_id}"))
+    def get_org(self, org_id: uuid.UUID | str) -> OrgOut:
+        return OrgOut.model_validate(self._get(f"/api/orgs/{org_id}"))
 
-    def update_org(self, org_id: uuid.UUID | str, *, display_name: str | None = None) -> Org:
-        return Org.model_validate(self.request("PATCH", f"/api/orgs/{org_id}",
-                                               json=_body(display_name=display_name)))
+    def update_org(self, org_id: uuid.UUID | str, *, display_name: str | None = None) -> OrgOut:
+        return OrgOut.model_validate(self.request("PATCH", f"/api/orgs/{org_id}",
+                                                  json=_body(display_name=display_name)))
 
     def delete_org(self, org_id: uuid.UUID | str) -> None:
         self.request("DELETE", f"/api/orgs/{org_id}")
 
-    def find_org(self, ref: str) -> Org:
+    def find_org(self, ref: str) -> OrgOut:
         """An org by id or by name among the caller's orgs (all of them for a platform admin)."""
         if is_uuid(ref):
             return self.get_org(ref)
@@ -426,23 +241,23 @@ class ControlApiClient:
                 return org
         raise ControlApiError(404, "not_found", f"organisation {ref!r} not found")
 
-    def list_members(self, org_id: uuid.UUID | str) -> list[Member]:
-        return [Member.model_validate(m) for m in self._get(f"/api/orgs/{org_id}/members")["items"]]
+    def list_members(self, org_id: uuid.UUID | str) -> list[MemberOut]:
+        return MemberList.model_validate(self._get(f"/api/orgs/{org_id}/members")).items
 
     def add_member(self, org_id: uuid.UUID | str, role: str, *, username: str | None = None,
-                   user_id: uuid.UUID | str | None = None) -> Member:
-        return Member.model_validate(self._post(f"/api/orgs/{org_id}/members", _body(
+                   user_id: uuid.UUID | str | None = None) -> MemberOut:
+        return MemberOut.model_validate(self._post(f"/api/orgs/{org_id}/members", _body(
             username=username, user_id=user_id, role=role)))
 
     def set_member_role(self, org_id: uuid.UUID | str, user_id: uuid.UUID | str,
-                        role: str) -> Member:
-        return Member.model_validate(self.request(
+                        role: str) -> MemberOut:
+        return MemberOut.model_validate(self.request(
             "PATCH", f"/api/orgs/{org_id}/members/{user_id}", json={"role": role}))
 
     def remove_member(self, org_id: uuid.UUID | str, user_id: uuid.UUID | str) -> None:
         self.request("DELETE", f"/api/orgs/{org_id}/members/{user_id}")
 
-    def find_member(self, org_id: uuid.UUID | str, ref: str) -> Member:
+    def find_member(self, org_id: uuid.UUID | str, ref: str) -> MemberOut:
         """A member of the org by user id or username."""
         for member in self.list_members(org_id):
             if ref in (str(member.user_id), member.username):
@@ -451,9 +266,8 @@ class ControlApiClient:
 
     # -- API keys
 
-    def list_api_keys(self, org_id: uuid.UUID | str | None = None) -> list[ApiKey]:
-        return [ApiKey.model_validate(k)
-                for k in self._get("/api/api-keys", org_id=org_id)["items"]]
+    def list_api_keys(self, org_id: uuid.UUID | str | None = None) -> list[ApiKeyOut]:
+        return ApiKeyList.model_validate(self._get("/api/api-keys", org_id=org_id)).items
 
     def create_api_key(self, name: str, *, org_id: uuid.UUID | str | None = None,
                        expires_at: datetime | None = None,
@@ -465,55 +279,56 @@ class ControlApiClient:
             name=name, org_id=org_id, expires_at=expires_at, allowed_models=allowed_models,
             rpm_limit=rpm_limit, tpm_limit=tpm_limit, monthly_budget_eur=monthly_budget_eur)))
 
-    def get_api_key(self, key_id: uuid.UUID | str) -> ApiKey:
-        return ApiKey.model_validate(self._get(f"/api/api-keys/{key_id}"))
+    def get_api_key(self, key_id: uuid.UUID | str) -> ApiKeyOut:
+        return ApiKeyOut.model_validate(self._get(f"/api/api-keys/{key_id}"))
 
-    def revoke_api_key(self, key_id: uuid.UUID | str) -> ApiKey:
-        return ApiKey.model_validate(self._post(f"/api/api-keys/{key_id}/revoke"))
+    def revoke_api_key(self, key_id: uuid.UUID | str) -> ApiKeyOut:
+        return ApiKeyOut.model_validate(self._post(f"/api/api-keys/{key_id}/revoke"))
 
     # -- service tokens
 
-    def list_service_tokens(self) -> list[ServiceToken]:
-        return [ServiceToken.model_validate(t) for t in self._get("/api/service-tokens")["items"]]
+    def list_service_tokens(self) -> list[ServiceTokenOut]:
+        return ServiceTokenList.model_validate(self._get("/api/service-tokens")).items
 
     def create_service_token(self, name: str, component: str) -> ServiceTokenCreated:
         return ServiceTokenCreated.model_validate(
             self._post("/api/service-tokens", {"name": name, "component": component}))
 
-    def revoke_service_token(self, token_id: uuid.UUID | str) -> ServiceToken:
-        return ServiceToken.model_validate(self._post(f"/api/service-tokens/{token_id}/revoke"))
+    def revoke_service_token(self, token_id: uuid.UUID | str) -> ServiceTokenOut:
+        return ServiceTokenOut.model_validate(
+            self._post(f"/api/service-tokens/{token_id}/revoke"))
 
     # -- catalog
 
-    def list_providers(self) -> list[CatalogProvider]:
-        return [CatalogProvider.model_validate(p)
-                for p in self._get("/api/catalog/providers")["items"]]
+    def list_providers(self) -> list[ProviderOut]:
+        return ProviderList.model_validate(self._get("/api/catalog/providers")).items
 
-    def list_zones(self) -> list[CatalogZone]:
-        return [CatalogZone.model_validate(z) for z in self._get("/api/catalog/zones")["items"]]
+    def list_zones(self) -> list[ZoneOut]:
+        return ZoneList.model_validate(self._get("/api/catalog/zones")).items
 
     def list_instance_types(self, *, provider: str | None = None, zone: str | None = None,
-                            gpu_model: str | None = None) -> list[InstanceType]:
+                            gpu_model: str | None = None) -> list[InstanceTypeOut]:
         data = self._get("/api/catalog/instance-types", provider=provider, zone=zone,
                          gpu_model=gpu_model)
-        return [InstanceType.model_validate(t) for t in data["items"]]
+        return InstanceTypeList.model_validate(data).items
 
     def set_instance_type_price(self, instance_type_id: uuid.UUID | str, hourly_eur: Decimal,
-                                effective_from: datetime) -> Any:
-        return self._post(f"/api/catalog/instance-types/{instance_type_id}/prices",
-                          _body(hourly_eur=hourly_eur, effective_from=effective_from))
+                                effective_from: datetime) -> PriceOut:
+        return PriceOut.model_validate(self._post(
+            f"/api/catalog/instance-types/{instance_type_id}/prices",
+            _body(hourly_eur=hourly_eur, effective_from=effective_from)))
 
     # -- instances
 
     def list_instances(self, *, state: str | None = None, provider: str | None = None,
                        cluster: str | None = None, zone: str | None = None,
                        deployment_id: uuid.UUID | str | None = None, limit: int | None = None,
-                       cursor: str | None = None) -> Page[Instance]:
-        return Page[Instance].model_validate(self._get(
+                       cursor: str | None = None) -> InstanceList:
+        return InstanceList.model_validate(self._get(
             "/api/instances", state=state, provider=provider, cluster=cluster, zone=zone,
             deployment_id=deployment_id, limit=limit, cursor=cursor))
 
-    def iter_instances(self, **filters: Any) -> Iterator[Instance]:
+    def iter_instances(self, **filters: Any) -> Iterator[InstanceOut]:
         """Every instance matching the filters, following ``next_cursor``."""
         cursor = None
         while True:
@@ -539,13 +354,13 @@ class ControlApiClient:
                          user_id: uuid.UUID | str | None = None,
                          org_id: uuid.UUID | str | None = None, since: datetime | None = None,
                          until: datetime | None = None, limit: int | None = None,
-                         cursor: str | None = None) -> ActionLogPage:
-        return ActionLogPage.model_validate(self._get(
+                         cursor: str | None = None) -> ActionLogList:
+        return ActionLogList.model_validate(self._get(
             "/api/action-logs", type=type, status=status, component=component,
             instance_id=instance_id, user_id=user_id, org_id=org_id, since=since, until=until,
             limit=limit, cursor=cursor))
 
-    def iter_action_logs(self, **filters: Any) -> Iterator[ActionLog]:
+    def iter_action_logs(self, **filters: Any) -> Iterator[ActionLogOut]:
         """Every action log matching the filters, following ``next_cursor``."""
         cursor = None
         while True:

@@ -27,6 +27,12 @@ from typing import Any, Generic, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from control_api.client.errors import (
+    ControlApiUnavailable,
+    InternalApiError,
+    InternalClientError,  # noqa: F401 - the errors stay importable from here
+    KeyRejected,
+)
 from control_api.client.spool import KINDS, Spool, SpoolFull
 from core.wire import (
     MAX_LIFECYCLE_EVENTS,
@@ -54,31 +60,6 @@ _AUTH_STATUSES = frozenset({401, 403})
 MAX_RETRY_AFTER_SECONDS = 30.0
 
 T = TypeVar("T", bound=BaseModel)
-
-
-# ---------------------------------------------------------------- errors
-
-
-class InternalClientError(Exception):
-    """Base of the internal client's errors."""
-
-
-class ControlApiUnavailable(InternalClientError):
-    """The control API did not answer usefully after all retries (down, 5xx, 429, timeouts)."""
-
-
-class InternalApiError(InternalClientError):
-    """A non-retryable answer (4xx other than 429) with the API's ``error.code``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"HTTP {status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-class KeyRejected(InternalApiError):
-    """Key verification said no: unknown, revoked, expired or disabled key (see ``code``)."""
 
 
 # ---------------------------------------------------------------- values

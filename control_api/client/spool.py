@@ -23,19 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from control_api.client.errors import SpoolError, SpoolFull  # noqa: F401 - importable here too
+
 log = logging.getLogger(__name__)
 
 SPOOL_FORMAT_VERSION = 1
 KINDS = ("lifecycle", "usage")
 QUARANTINE = "quarantine"
-
-
-class SpoolError(Exception):
-    """Base of spool errors."""
-
-
-class SpoolFull(SpoolError):
-    """The spool reached its size bound; the batch was NOT written."""
 
 
 @dataclass(frozen=True)

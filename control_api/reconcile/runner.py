@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from control_api.background import Job, PeriodicJobs
+from control_api.errors import ControlPlaneError
 from control_api.ports import CloudsFactory
 from control_api.reconcile.applier import COMPONENT, Applier, short_error
 from control_api.reconcile.lock import RunnerLock
@@ -275,8 +276,11 @@ class Reconciler:
 # ------------------------------------------------------------------------------ wiring
 
 
-class ReconcilerNotWired(ValueError):
-    """Clusters are configured but the control API was built without cloud adapters."""
+class ReconcilerNotWired(ControlPlaneError, ValueError):
+    """Clusters are configured but the control API was built without cloud adapters (still a
+    ``ValueError``: a setting that cannot be honoured)."""
+
+    code = "reconciler_not_wired"
 
 
 def reconciler_from_settings(maker: sessionmaker[Session], settings: Settings,

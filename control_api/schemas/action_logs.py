@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from control_api.pagination import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT, UtcDatetime
-from control_api.services.action_logs import LogFilters
-from core.models import ActionLog
+from control_api.schemas.fields import DEFAULT_LIMIT, MAX_CURSOR_LENGTH, MAX_LIMIT, UtcDatetime
+
+if TYPE_CHECKING:  # server-side only: the clients import these schemas without SQLAlchemy
+    from control_api.services.action_logs import LogFilters
+    from core.models import ActionLog
 
 
 class ActionLogQuery(BaseModel):
@@ -36,6 +38,8 @@ class ActionLogQuery(BaseModel):
         return self
 
     def filters(self) -> LogFilters:
+        from control_api.services.action_logs import LogFilters  # the server's, see above
+
         return LogFilters(type=self.type, status=self.status, component=self.component,
                           instance_id=self.instance_id, user_id=self.user_id, org_id=self.org_id,
                           since=self.since, until=self.until)

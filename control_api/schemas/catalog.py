@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from control_api.pagination import UtcDatetime
-from control_api.services.catalog import InstanceTypeView
-from core.models import Availability, InstanceTypePrice, Provider, Zone
+from control_api.schemas.enums import Availability
+from control_api.schemas.fields import UtcDatetime
+
+if TYPE_CHECKING:  # server-side only: the clients import these schemas without SQLAlchemy
+    from control_api.services.catalog import InstanceTypeView
+    from core.models import InstanceTypePrice, Provider, Zone
 
 
 def money_str(value: Decimal) -> str:

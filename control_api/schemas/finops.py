@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import BudgetScope, BudgetState
+from control_api.schemas.enums import BudgetScope, BudgetState
 
 
 class Out(BaseModel):

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.models import Role
+from control_api.schemas.enums import Role
 
 # Usernames never contain "@", so the login field can tell a username from an email.
 Username = Annotated[
@@ -96,7 +96,8 @@ class UserBrief(BaseModel):
 
 
 class LoginResponse(BaseModel):
-    access_token: str
+    # repr=False: a secret must not end up in a traceback or a log line by accident.
+    access_token: str = Field(repr=False)
     token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
     expires_at: datetime
     user: UserBrief
@@ -234,7 +235,7 @@ class ApiKeyOut(BaseModel):
 
 
 class ApiKeyCreated(ApiKeyOut):
-    key: str = Field(description="The secret; shown once, only in this response.")
+    key: str = Field(description="The secret; shown once, only in this response.", repr=False)
 
 
 class ApiKeyList(BaseModel):
@@ -260,7 +261,8 @@ class ServiceTokenOut(BaseModel):
 
 
 class ServiceTokenCreated(ServiceTokenOut):
-    token: str = Field(description="The secret; shown once, only in this response.")
+    token: str = Field(description="The secret; shown once, only in this response.",
+                       repr=False)
 
 
 class ServiceTokenList(BaseModel):

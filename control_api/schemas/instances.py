@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.models import BillingInterval, Instance, InstanceState, InstanceStateHistory
+from control_api.schemas.enums import InstanceState
+
+if TYPE_CHECKING:  # server-side only: the clients import these schemas without SQLAlchemy
+    from core.models import BillingInterval, Instance, InstanceStateHistory
 
 
 class InstanceOut(BaseModel):
