@@ -35,11 +35,11 @@ at deploy time through :func:`serve_apps.builder.app_builder`'s ``autoscaling`` 
 
 Changing ``policy_kwargs`` of a running app is NOT a lightweight update in Ray 2.60: Serve
 treats it as new code and restarts every replica of the app (measured in
-``tests/control_api/test_serve_client.py``). So a budget cap that comes and goes at run time is applied as
-a ``max_replicas`` override (a lightweight update; the policy reads Serve's capacity-adjusted
-bounds, so it obeys it), and ``scale_up_cap`` here is for a cap known at deploy time and for
-the simulator. Any config change also resets the policy state: downscales then wait one full
-hold again, the safe direction.
+``tests/control_api/test_serve_client.py``). So a budget cap that comes and goes at run time
+is applied as a ``max_replicas`` override (a lightweight update; the policy reads Serve's
+capacity-adjusted bounds, so it obeys it), and ``scale_up_cap`` here is for a cap known at
+deploy time and for the simulator. Any config change also resets the policy state: downscales
+then wait one full hold again, the safe direction.
 
 State: the pure policy's state lives under ``policy_state["inventiv"]`` (Serve keeps its own
 ``__decision_*`` keys in the same dict); the last reason under ``policy_state["reason"]``.
