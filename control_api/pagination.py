@@ -14,33 +14,16 @@ import binascii
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute
 
 from control_api.errors import Unprocessable
+from control_api.schemas.fields import MAX_CURSOR_LENGTH
 
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
-# A real cursor is under 100 characters; refuse to decode anything far larger.
-MAX_CURSOR_LENGTH = 256
-
+# Page bounds and the UTC datetime type are the wire schemas' (control_api.schemas.fields).
 KeyT = TypeVar("KeyT", uuid.UUID, int)
-
-
-def to_utc(value: datetime) -> datetime:
-    """Normalise an aware datetime to UTC; out-of-range instants are a validation error."""
-    try:
-        return value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        # e.g. 9999-12-31T23:00-05:00 does not fit in a datetime once moved to UTC.
-        raise ValueError("datetime out of range") from None
-
-
-# Query parameters and bodies use this: timezone required, stored and compared in UTC.
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(to_utc)]
 
 
 def invalid_cursor(message: str = "malformed or foreign cursor") -> Unprocessable:

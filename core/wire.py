@@ -33,7 +33,8 @@ Millis = Annotated[float, Field(ge=0, le=1e10, allow_inf_nan=False)]
 def _to_utc(value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00+01:00 has no UTC equivalent
+    except (OverflowError, ValueError):
+        # e.g. 0001-01-01T00:00+01:00 or 9999-12-31T23:00-05:00 have no UTC equivalent
         raise ValueError("datetime out of range") from None
 
 

@@ -12,13 +12,8 @@ from sqlalchemy.orm import Session
 from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
 from control_api.errors import InvalidTransition, NotFound
 from control_api.lifecycle import FINAL_STATES, transition
-from control_api.pagination import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
-    after_cursor,
-    decode_cursor,
-    page,
-)
+from control_api.pagination import after_cursor, decode_cursor, page
+from control_api.schemas.fields import DEFAULT_LIMIT, MAX_LIMIT
 from control_api.schemas.instances import InstanceDetail, InstanceList, InstanceOut, TerminateIn
 from core.models import Instance, InstanceState
 
