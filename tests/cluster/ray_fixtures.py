@@ -1,12 +1,13 @@
 """Shared Ray fixtures: one real local Ray head (2.60, token auth, autoscaler v2 with our provider
-on the ``local`` cloud) for the whole session, drivers run against it with its token, and the
+on the ``local`` cloud) for the session, drivers run against it with its token, and the
 control API served over real HTTP on the port the provider reports to.
 
 Import the fixtures into a test module (``from tests.cluster.ray_fixtures import ...``). The
 head is started once per session even when several modules import the fixture (a module-level
-registry with a reference count), and everything it started is stopped at the end -- also when
-a test fails: ``down`` kills the head's process group, every node of the local cloud's table
-and any process still carrying the cluster's marker, then the test asserts none is left.
+registry with a reference count), and everything it started is stopped after the session's
+last test that uses it (or at session end) -- also when a test fails: ``down`` kills the
+head's process group, every node of the local cloud's table and any process still carrying
+the cluster's marker, then the test asserts none is left.
 """
 
 from __future__ import annotations
@@ -101,17 +102,38 @@ def _start(tmp_root: Path) -> LocalRayCluster:
                            started_in_s=time.monotonic() - t0)
 
 
+class _StopAfterLastUser:
+    """A plugin that runs ``stop`` once the session's last test using ``fixture`` is torn down:
+    an idle head costs ~9 % of a core (its autoscaler loop) and ~0.65 GB, and its users run in
+    the database-parametrized groups, long before the tiers that need the machine most."""
+
+    def __init__(self, items: list[pytest.Item], fixture: str, stop: Any) -> None:
+        users = [item.nodeid for item in items if fixture in getattr(item, "fixturenames", ())]
+        self.last = users[-1] if users else None
+        self.stop = stop
+
+    @pytest.hookimpl(trylast=True)  # after the item's own fixtures are torn down
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if item.nodeid == self.last:
+            self.stop()
+
+
 @pytest.fixture(scope="session")
-def local_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
-    """The session's local Ray cluster (started on first use, stopped at session end)."""
+def local_ray_cluster(request: pytest.FixtureRequest,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRayCluster]:
+    """The session's local Ray cluster (started on first use, stopped after the last test that
+    uses it, or at session end)."""
     with _registry_lock:
         if _registry["cluster"] is None:
             _registry["cluster"] = _start(tmp_path_factory.mktemp("ray-e2e"))
         _registry["refs"] += 1
         running: LocalRayCluster = _registry["cluster"]
-    try:
-        yield running
-    finally:
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if stopped:
+            return
+        stopped.append(True)
         with _registry_lock:
             _registry["refs"] -= 1
             last = _registry["refs"] == 0
@@ -123,6 +145,14 @@ def local_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loca
             if running.head.temp_dir and running.head.temp_dir.startswith("/tmp/ia-"):
                 shutil.rmtree(running.head.temp_dir, ignore_errors=True)
             assert not left, f"processes of the test cluster survived `down`: {left}"
+
+    plugin = _StopAfterLastUser(request.session.items, "local_ray_cluster", stop)
+    request.config.pluginmanager.register(plugin)
+    try:
+        yield running
+    finally:
+        request.config.pluginmanager.unregister(plugin)
+        stop()
 
 
 def run_driver(cluster: LocalRayCluster, code: str, timeout_s: float = 120.0) -> Any:

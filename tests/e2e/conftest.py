@@ -42,10 +42,10 @@ MIN_AVAILABLE_GIB = 7.0
 
 
 def available_gib() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) / 1024 / 1024
-    return 0.0
+    """Memory available to a new process (``MemAvailable`` on Linux), through psutil."""
+    import psutil
+
+    return float(psutil.virtual_memory().available) / 1024**3
 
 
 def wait_for_memory(limit_s: float = 600) -> None:

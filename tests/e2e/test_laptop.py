@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -29,6 +29,7 @@ from tests.e2e.conftest import CLUSTER_FILE, READY_TIMEOUT_S, REPO, Laptop
 # Each test may wait for replicas and nodes (and the first one for `inventiv up` itself).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(int(READY_TIMEOUT_S) + 600)]
 
+T = TypeVar("T")
 TINY = "LLMServer:tiny"
 BURST = "LLMServer:tiny-burst"
 
@@ -62,6 +63,17 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float,
             pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}")
         time.sleep(poll_s)
     return time.monotonic() - started
+
+
+def poll(read: Callable[[], T], done: Callable[[T], bool], timeout_s: float,
+         poll_s: float = 2.0) -> T:
+    """``read()`` until ``done(value)`` or ``timeout_s``; the last value (the caller asserts)."""
+    deadline = time.monotonic() + timeout_s
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        value = read()
+    return value
 
 
 def openai_client(lap: Laptop, timeout: float = 120) -> Any:
@@ -160,8 +172,14 @@ def test_cli_on_the_printed_api_url_sees_the_nodes_and_their_cost(laptop: Laptop
     keys = json.loads(laptop.cli("keys", "list", "--json").stdout)
     assert any(k["name"] == lp.KEY_NAME for k in (keys["items"] if isinstance(keys, dict)
                                                   else keys))
-    items = json.loads(laptop.cli("instances", "list", "--json").stdout)["items"]
-    ours = [i for i in items if i["cluster_name"] == "laptop-e2e" and i["state"] == "ready"]
+
+    def ready() -> list[dict[str, Any]]:
+        items = json.loads(laptop.cli("instances", "list", "--json").stdout)["items"]
+        return [i for i in items if i["cluster_name"] == "laptop-e2e" and i["state"] == "ready"]
+
+    # A node is reported `ready` by the node provider's (rate-limited) membership probe, apart
+    # from the replica that runs on it: wait for the value itself, not for the replica.
+    ours = poll(ready, lambda nodes: len(nodes) == 3, 120)
     assert len(ours) == 3 and {i["instance_type"] for i in ours} == {"local-L4"}
     summary = json.loads(laptop.cli("costs", "summary", "--json").stdout)
     assert Decimal(summary["burn_rate_eur_per_hour"]) > 0

