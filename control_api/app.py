@@ -37,6 +37,7 @@ from control_api.routes import (
     health,
     instances,
     internal,
+    internal_budgets,
     orgs,
     reconcile,
     service_tokens,
@@ -256,7 +257,7 @@ def create_app(settings: Settings | None = None, *, plane: DataPlane | None = No
     finops_metrics.install(app)
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, deployments,
-                   finops, instances, action_logs, internal, reconcile):
+                   finops, instances, action_logs, internal, internal_budgets, reconcile):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app

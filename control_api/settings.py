@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "INVENTIV_"
 # Fields that may come from *_FILE variables.
-FILE_FIELDS = ("admin_password", "jwt_secret", "service_token", "database_url")
+FILE_FIELDS = ("admin_password", "jwt_secret", "service_token", "database_url", "metrics_token")
 
 
 def default_data_dir() -> Path:
@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     cookie_secure: bool = True
     # A service token accepted by the internal endpoints without a database row (bootstrap).
     service_token: SecretStr | None = None
+    # Bearer token Prometheus sends to scrape /metrics (INVENTIV_METRICS_TOKEN or _FILE).
+    metrics_token: SecretStr | None = None
     login_max_failures_per_account: int = 5
     login_max_failures_per_ip: int = 20
     login_window_seconds: int = 900

@@ -598,3 +598,6 @@ class FinopsState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+import core.models_finops  # noqa: E402,F401 - registers the FinOps tables beyond the ledger's
