@@ -34,6 +34,11 @@ def _progress() -> laptop.Say:
     return say
 
 
+def console_url(api_url: str) -> str:
+    """The web console (served by the control API at ``/``; sign in as the admin)."""
+    return api_url.rstrip("/") + "/"
+
+
 def up(
     state_dir: StateDirOpt = laptop.DEFAULT_STATE_DIR,
     api_port: Annotated[int, typer.Option("--api-port", min=1, max=65535,
@@ -76,6 +81,7 @@ def up(
     lines = result.env()
     if json_out:
         data = {k: v for k, v in vars(result).items()}
+        data["console_url"] = console_url(result.api_url)
         data["env"] = lines
         print_json(data)
         return
@@ -86,6 +92,7 @@ def up(
         say("ready" + (" (already running)" if result.reused else ""))
         return
     print_fields("Inventiv laptop cluster" + (" (already running)" if result.reused else ""), [
+        ("web console", console_url(result.api_url)),
         ("OpenAI endpoint", result.openai_base_url),
         ("models", result.models),
         ("control API docs", result.docs_url),
@@ -137,6 +144,7 @@ def status(state_dir: StateDirOpt = laptop.DEFAULT_STATE_DIR, json_out: JsonOpt 
         ("state dir", data["state_dir"]),
         ("control API", f"{data['control_api']['url']} "
          f"({'healthy' if data['control_api']['healthy'] else 'down'})"),
+        ("web console", console_url(data["control_api"]["url"])),
         ("OpenAI endpoint", data["openai_base_url"]),
         ("Ray dashboard", data["dashboard_url"]),
         ("Ray head", (data.get("head") or {}).get("gcs_address")),

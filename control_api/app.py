@@ -18,8 +18,9 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_api import bootstrap, migrate
+from control_api import bootstrap, console, migrate
 from control_api.background import PeriodicJobs, finops_refresh
+from control_api.console.openapi import install_security_schemes
 from control_api.errors import ERROR_RESPONSES, ApiError, ControlPlaneError, error_body
 from control_api.ports import NO_DATA_PLANE, DataPlane
 from control_api.reconcile import (
@@ -259,5 +260,8 @@ def create_app(settings: Settings | None = None, *, plane: DataPlane | None = No
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, deployments,
                    finops, instances, action_logs, internal, internal_budgets, reconcile):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    # The web console at / (page shells and static files; its data comes from /api).
+    console.install(app)
+    install_security_schemes(app, settings.cookie_name)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
     return app

@@ -49,10 +49,15 @@ SHIPPED = [
     "configs/prometheus/prometheus.yml",
     "control_api/migrations/env.py",
     "control_api/migrations/script.py.mako",
+    "control_api/console/templates/base.html",
+    "control_api/console/static/console.js",
+    "control_api/console/static/vendor/uplot/uPlot.iife.min.js",
+    "control_api/console/static/vendor/uplot/LICENSE",
 ]
 # And every file of the checkout matching these (each must match at least one).
 SHIPPED_GLOBS = ["configs/traces/*.csv", "configs/grafana/dashboards/*.json",
-                 "configs/grafana/provisioning/**/*.yaml", "control_api/migrations/versions/*.py"]
+                 "configs/grafana/provisioning/**/*.yaml", "control_api/migrations/versions/*.py",
+                 "control_api/console/templates/*.html", "configs/prometheus/rules/*.yml"]
 SERVER_START_S = 90.0
 
 
@@ -227,6 +232,11 @@ def test_api_serve_answers_with_the_catalog_seed_loaded(installed: Installed) ->
         got = {(t["provider"], t["name"]) for t in listed.json()["items"]}
         assert expected and expected <= got, (expected - got, listed.json())
         assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        # The console's pages and vendored script are served from the wheel's package data.
+        page = httpx.get(f"{url}/login", timeout=10)
+        assert page.status_code == 200 and 'id="login-form"' in page.text, page.text[:500]
+        script = httpx.get(f"{url}/static/vendor/uplot/uPlot.iife.min.js", timeout=10)
+        assert script.status_code == 200 and "uPlot" in script.text
 
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught.
