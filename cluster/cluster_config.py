@@ -168,6 +168,13 @@ class ClusterFile(_Model):
                 raise ValueError("head.instance_type is required on Scaleway (a CPU type)")
             if not self.head.image:
                 raise ValueError("head.image is required on Scaleway")
+            # Without these, workers would get public IPs and the head would be open.
+            if not self.scaleway.private_network_id:
+                raise ValueError("scaleway.private_network_id is required on Scaleway (the "
+                                 "head and workers talk over it; workers get no public IP)")
+            if not self.head.security_group_id:
+                raise ValueError("head.security_group_id is required on Scaleway (a group "
+                                 "with inbound default drop and TCP 443 only)")
             if not (self.head.address or self.scaleway.private_network_name):
                 raise ValueError("set head.address or scaleway.private_network_name "
                                  "(the head's private DNS name is derived from it)")

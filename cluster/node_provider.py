@@ -21,7 +21,8 @@ provisioning; without ``control_api_url`` (or without the client package) nothin
 
 Provider config keys: ``cloud`` (``scaleway`` | ``local``), ``zones`` (failover order),
 ``head_address`` (``host:port`` nodes join), ``head_instance_id``, ``head_node_type``,
-``token_path`` (the cluster's Ray token file), optional ``control_api_url``,
+optional ``token_path`` (the cluster's Ray token file; absent, Ray's own places are read:
+``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``), optional ``control_api_url``,
 ``service_token_file``, ``spool_dir``, ``cache_ttl_s``, ``worker_image``, ``ray_executable``,
 ``private_network_id``, ``security_group_id``, plus the cloud's own settings (``state_dir`` and
 ``instance_types`` for local; :class:`cluster.clouds.scaleway.ScalewayConfig` fields).
@@ -31,6 +32,7 @@ Node config keys: ``instance_type``, ``image``, ``root_volume_gb``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -108,6 +110,34 @@ class ProviderSettings(BaseModel):
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                                  for e in exc.errors())
             raise ValueError(f"invalid InventivNodeProvider config: {problems}") from None
+
+
+def resolve_ray_token(token_path: str | None, *,
+                      environ: Mapping[str, str] | None = None,
+                      home: Path | None = None) -> str:
+    """The cluster's Ray token: ``token_path`` from the provider config or, absent that, where
+    Ray itself looks: ``RAY_AUTH_TOKEN``, else the file ``RAY_AUTH_TOKEN_PATH`` names (only it,
+    as Ray does), else ``~/.ray/auth_token``. The error names the place tried, never the token."""
+    env = os.environ if environ is None else environ
+    if token_path:
+        origin, path = "token_path", Path(token_path).expanduser()
+    else:
+        inline = env.get("RAY_AUTH_TOKEN", "").strip()
+        if inline:
+            return inline
+        if env.get("RAY_AUTH_TOKEN_PATH"):
+            origin, path = "RAY_AUTH_TOKEN_PATH", Path(env["RAY_AUTH_TOKEN_PATH"]).expanduser()
+        else:
+            origin, path = "~/.ray/auth_token", (home or Path.home()) / ".ray" / "auth_token"
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the Ray token ({origin} {path}: "
+                             f"{type(exc).__name__}); set provider token_path, RAY_AUTH_TOKEN, "
+                             "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token") from None
+    if not token:
+        raise InvalidRequest(f"the Ray token file is empty ({origin} {path})")
+    return token
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -540,12 +570,7 @@ class InventivNodeProvider(NodeProvider):
 
     def _ray_token(self) -> str:
         if self._token is None:
-            if not self.settings.token_path:
-                raise InvalidRequest("provider config lacks token_path (the cluster Ray token)")
-            try:
-                self._token = Path(self.settings.token_path).expanduser().read_text().strip()
-            except OSError as exc:
-                raise InvalidRequest(f"cannot read the Ray token file: {exc}") from exc
+            self._token = resolve_ray_token(self.settings.token_path)
         return self._token
 
     def node_bootstrap(self, launch_id: str, node_type: str,
@@ -678,4 +703,4 @@ def make_cloud(settings: ProviderSettings) -> Cloud:
 
 
 __all__ = ["InventivNodeProvider", "LifecycleReporter", "ProviderSettings", "gcs_membership",
-           "make_cloud"]
+           "make_cloud", "resolve_ray_token"]

@@ -669,6 +669,7 @@ class ScalewayCloud:
                             provider_instance_id=server.id)
         if state in ("stopped", "stopped_in_place"):
             try:
+                self._tag_volumes(server, zone, req)
                 if req.private_network_id:
                     self._ensure_private_nic(server, zone, req.private_network_id, deadline)
                 if req.user_data is not None:
@@ -682,6 +683,67 @@ class ScalewayCloud:
                 self._discard(server.id, zone, req.launch_id, why=err.code)
                 raise
         return self._wait_running(server.id, zone, req, deadline)
+
+    def _tag_volumes(self, server: Server, zone: str, req: LaunchRequest) -> None:
+        """Give the SBS volumes the VM's tags, so the cluster's detached volumes can be found
+        (and reaped) after the VM is gone, whoever stopped calling."""
+        tags = req.all_tags()
+        for vol in (server.volumes or {}).values():
+            if str(vol.volume_type) != "sbs_volume" or not vol.id:
+                continue
+            self._call("update_volume", functools.partial(
+                self._block.update_volume, volume_id=vol.id, zone=zone, tags=tags),
+                safe=True, zone=zone)
+
+    def user_data_keys(self, provider_instance_id: str, zone: str) -> list[str]:
+        """The user-data keys the VM still has (``cloud-init``, ...)."""
+        resp = self._call("list_user_data", functools.partial(
+            self._instance.list_server_user_data, server_id=provider_instance_id, zone=zone),
+            safe=True, zone=zone)
+        return list(resp.user_data or [])
+
+    def delete_user_data(self, provider_instance_id: str, zone: str,
+                         key: str = "cloud-init") -> None:
+        """Remove one user-data key of a VM (idempotent: an absent key is done)."""
+        try:
+            self._call("delete_user_data", functools.partial(
+                self._instance.delete_server_user_data, server_id=provider_instance_id,
+                key=key, zone=zone), safe=True, zone=zone)
+        except NotFound:
+            return
+
+    def reap_detached_volumes(self, cluster_name: str) -> list[str]:
+        """Delete every SBS volume tagged with the cluster that no VM holds; returns their ids.
+
+        Safe to run at any time: an attached volume is never touched, and a volume that gets
+        attached between the listing and the delete is refused by the API (412) and kept."""
+        tag = cluster_tag(cluster_name)
+        deleted: list[str] = []
+        for zone in self.config.zones:
+            page = 1
+            candidates: list[str] = []
+            while True:
+                resp = self._call("list_volumes", functools.partial(
+                    self._block.list_volumes, include_deleted=False, zone=zone, tags=[tag],
+                    page=page,
+                    page_size=self.config.per_page), safe=True, zone=zone)
+                candidates.extend(v.id for v in resp.volumes
+                                  if tag in (v.tags or []) and not v.references
+                                  and str(v.status) == "available")
+                if len(resp.volumes) < self.config.per_page:
+                    break
+                page += 1
+            for vid in candidates:
+                try:
+                    self._call("delete_volume", functools.partial(
+                        self._block.delete_volume, volume_id=vid, zone=zone), safe=True,
+                        zone=zone, retry_on=(Unavailable,))
+                except (NotFound, Transient, InvalidRequest) as err:
+                    log.info("scaleway: detached volume %s not reaped (%s)", vid, err.code)
+                    continue
+                log.info("scaleway: reaped detached volume %s of cluster %s", vid, cluster_name)
+                deleted.append(vid)
+        return deleted
 
     def _ensure_private_nic(self, server: Server, zone: str, private_network_id: str,
                             deadline: float) -> None:

@@ -5,7 +5,10 @@ IP only for the HTTPS front door, security group, private network) with a cloud-
 the token, the rendered Ray YAML, the SCW credentials for the autoscaler (0600 files) and a
 systemd unit running ``python -m cluster.head exec-head``, which resolves the head's private
 address and execs ``ray start --head`` bound to it (:func:`exec_head`: Ray ports stay on the
-private network). ``down`` terminates every VM tagged with the cluster, workers first.
+private network). The last ``runcmd`` step (``python -m cluster.head forget-user-data``)
+deletes the VM's own user data through the API once the files are written, so the SCW
+credentials do not stay readable from the API for the VM's life. ``down`` terminates every VM
+tagged with the cluster, workers first.
 
 Everything the head VM runs is rendered here (:func:`render_head_cloud_init`), in one place.
 """
@@ -44,6 +47,8 @@ SCW_STATE_DIR = "/var/lib/inventiv/cluster"
 HEAD_UNIT = "inventiv-ray-head.service"
 # The head VM's entry point, as its unit runs it (kept stable: units already deployed run it).
 EXEC_HEAD_MODULE = "cluster.head"
+FORGET_USER_DATA = "forget-user-data"
+USER_DATA_KEY = "cloud-init"
 SCW_ENV_KEYS = ("SCW_ACCESS_KEY", "SCW_SECRET_KEY", "SCW_DEFAULT_PROJECT_ID",
                 "SCW_DEFAULT_ORGANIZATION_ID", "SCW_API_URL")
 
@@ -117,7 +122,13 @@ def render_head_cloud_init(cluster: ClusterFile, *, head_instance_id: str, ray_t
                      ray_client_server_port=cluster.head.ray_client_server_port or 10001,
                      dashboard_agent_listen_port=cluster.head.dashboard_agent_listen_port,
                      temp_dir=cluster.head.temp_dir, ray_config_path=SCW_RAY_YAML)
-    exec_config = {"argv": argv, "resolve_host": host, "resolve_timeout_s": 300}
+    scw = cluster.scaleway
+    assert scw is not None
+    zones = [cluster.head.zone] if cluster.head.zone else list(scw.zones[:1])
+    exec_config = {"argv": argv, "resolve_host": host, "resolve_timeout_s": 300,
+                   # What ``forget-user-data`` needs to find this VM and delete its user data.
+                   "cluster_name": cluster.cluster_name, "launch_id": head_instance_id,
+                   "zones": zones, "scw_env_file": SCW_ENV_PATH}
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": SCW_TOKEN_PATH,
            "RAY_CLOUD_INSTANCE_ID": head_instance_id, "RAY_NODE_TYPE_NAME": HEAD_NODE_TYPE,
            "RAY_enable_autoscaler_v2": "1",
@@ -151,7 +162,10 @@ def render_head_cloud_init(cluster: ClusterFile, *, head_instance_id: str, ray_t
                          "owner": "root:root", "permissions": "0600"})
     config = {"package_update": False, "package_upgrade": False, "write_files": files,
               "runcmd": [["mkdir", "-p", SCW_STATE_DIR], ["systemctl", "daemon-reload"],
-                         ["systemctl", "enable", "--now", HEAD_UNIT]]}
+                         ["systemctl", "enable", "--now", HEAD_UNIT],
+                         # Last: the files are written, so the API copy of the secrets goes.
+                         [cluster.head.python_executable, "-m", EXEC_HEAD_MODULE,
+                          FORGET_USER_DATA, SCW_HEAD_JSON]]}
     return dump_cloud_config(config)
 
 
@@ -264,10 +278,62 @@ def exec_head(config_path: str, *, resolve: Callable[[str], str] = socket.gethos
     execv(argv[0], argv)
 
 
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """``KEY=value`` lines of a systemd ``EnvironmentFile`` (only ``SCW_*`` keys are kept)."""
+    out: dict[str, str] = {}
+    for line in Path(path).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() in SCW_ENV_KEYS:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def forget_own_user_data(config_path: str, *, cloud: Any | None = None,
+                         attempts: int = 30, sleep: Callable[[float], None] = time.sleep,
+                         say: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+                         ) -> str:
+    """On the head VM, once booted: delete this VM's ``cloud-init`` user data through the API,
+    so the operator's credentials it carried do not stay readable there for the VM's life (the
+    files cloud-init wrote stay, 0600). Finds the VM by its launch tag; checks the key is gone.
+    Returns the VM id. Retries (the API or the network may not be ready yet)."""
+    config = json.loads(Path(config_path).read_text())
+    if cloud is None:
+        from cluster.clouds.scaleway import ScalewayCloud, ScalewayConfig
+
+        os.environ.update(read_env_file(config["scw_env_file"]))
+        cloud = ScalewayCloud(ScalewayConfig(zones=tuple(config["zones"])))
+    from core.clouds import CloudError
+
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            inst = cloud.find_by_launch_id(config["cluster_name"], config["launch_id"],
+                                           tuple(config["zones"]))
+            if inst is None:
+                raise RuntimeError(f"no VM tagged with launch {config['launch_id']}")
+            cloud.delete_user_data(inst.provider_instance_id, inst.zone, USER_DATA_KEY)
+            if USER_DATA_KEY in cloud.user_data_keys(inst.provider_instance_id, inst.zone):
+                raise RuntimeError("user data still present after delete")
+            say(f"user data of {inst.provider_instance_id} deleted")
+            return str(inst.provider_instance_id)
+        except (CloudError, RuntimeError) as exc:
+            last = exc
+            say(f"forget-user-data attempt {attempt}/{attempts} failed: "
+                f"{type(exc).__name__}: {getattr(exc, 'code', '')}")
+            if attempt < attempts:
+                sleep(min(30.0, 2.0 * attempt))
+    raise SystemExit(f"could not delete the head's user data: {type(last).__name__}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cluster.head exec-head <config.json>`` (used by the head VM's unit)."""
+    """``python -m cluster.head exec-head|forget-user-data <config.json>`` (the head VM's unit
+    and the last step of its cloud-init)."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or args[0] != "exec-head":
-        sys.stderr.write(f"usage: python -m {EXEC_HEAD_MODULE} exec-head <config.json>\n")
+    if len(args) != 2 or args[0] not in ("exec-head", FORGET_USER_DATA):
+        sys.stderr.write(f"usage: python -m {EXEC_HEAD_MODULE} exec-head|{FORGET_USER_DATA} "
+                         "<config.json>\n")
         raise SystemExit(2)
+    if args[0] == FORGET_USER_DATA:
+        forget_own_user_data(args[1])
+        return
     exec_head(args[1])

@@ -52,14 +52,24 @@ def _free_port(host: str) -> int:
 
 
 def serve_in_thread(state: FakeState | None = None, *, host: str = "127.0.0.1",
-                    port: int = 0, startup_timeout: float = 10.0) -> FakeScaleway:
-    """Serve the fake on ``host:port`` (0 = a free port) in a daemon thread; wait until ready."""
+                    port: int = 0, startup_timeout: float = 10.0,
+                    extra_sockets: list[socket.socket] | None = None) -> FakeScaleway:
+    """Serve the fake on ``host:port`` (0 = a free port) in a daemon thread; wait until ready.
+    ``extra_sockets``: more listening sockets to serve too (e.g. one bound in a namespace)."""
     state = state or FakeState()
     port = port or _free_port(host)
     config = uvicorn.Config(create_app(state), host=host, port=port, log_level="warning",
                             access_log=False, lifespan="off", loop="asyncio", http="h11")
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"fake-scaleway-{port}", daemon=True)
+    sockets = None
+    if extra_sockets:
+        main_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        main_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        main_sock.bind((host, port))
+        main_sock.listen(128)
+        sockets = [main_sock, *extra_sockets]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": sockets},
+                              name=f"fake-scaleway-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:

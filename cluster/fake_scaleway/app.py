@@ -29,8 +29,12 @@ from cluster.fake_scaleway.faults import (
 from cluster.fake_scaleway.state import (
     ApiError,
     FakeState,
+    GatewayNetwork,
     IpamIp,
+    PrivateNetwork,
     PrivateNic,
+    SecurityGroup,
+    SecurityGroupRule,
     Server,
     Volume,
     region_of,
@@ -113,6 +117,45 @@ def volume_json(st: FakeState, v: Volume) -> dict[str, Any]:
             "created_at": st.iso(v.created_at), "updated_at": st.iso(v.created_at),
             "parent_snapshot_id": None, "specs": {"perf_iops": 5000, "class": "sbs"},
             "last_detached_at": None}
+
+
+def sg_rule_json(sg: SecurityGroup, r: SecurityGroupRule) -> dict[str, Any]:
+    return {"id": r.id, "protocol": r.protocol, "direction": r.direction, "action": r.action,
+            "ip_range": r.ip_range, "dest_port_from": r.dest_port_from,
+            "dest_port_to": r.dest_port_to, "position": r.position, "editable": True,
+            "zone": sg.zone}
+
+
+def sg_json(st: FakeState, sg: SecurityGroup) -> dict[str, Any]:
+    servers = [{"id": s.id, "name": s.name} for s in st.servers.values()
+               if s.security_group == sg.id]
+    return {"id": sg.id, "name": sg.name, "description": sg.description,
+            "enable_default_security": True, "inbound_default_policy": sg.inbound_default_policy,
+            "outbound_default_policy": sg.outbound_default_policy, "organization": sg.project,
+            "project": sg.project, "tags": list(sg.tags), "editable": True,
+            "organization_default": False, "project_default": False,
+            "creation_date": st.iso(sg.created_at), "modification_date": st.iso(sg.created_at),
+            "servers": servers, "stateful": sg.stateful, "state": "available", "zone": sg.zone}
+
+
+def pn_json(st: FakeState, pn: PrivateNetwork) -> dict[str, Any]:
+    return {"id": pn.id, "name": pn.name, "organization_id": pn.project,
+            "project_id": pn.project, "region": pn.region, "tags": list(pn.tags),
+            "created_at": st.iso(pn.created_at), "updated_at": st.iso(pn.created_at),
+            "subnets": [{"id": f"{pn.id}-{i}", "subnet": sub, "created_at":
+                         st.iso(pn.created_at), "updated_at": st.iso(pn.created_at),
+                         "private_network_id": pn.id, "project_id": pn.project,
+                         "vpc_id": "vpc-default"} for i, sub in enumerate(pn.subnets)],
+            "vpc_id": "vpc-default", "dhcp_enabled": True, "default_route_propagation_enabled":
+            False}
+
+
+def gwn_json(st: FakeState, g: GatewayNetwork) -> dict[str, Any]:
+    return {"id": g.id, "gateway_id": g.gateway_id, "private_network_id": g.private_network_id,
+            "zone": g.zone, "masquerade_enabled": g.masquerade,
+            "push_default_route": g.push_default_route, "status": "ready",
+            "created_at": st.iso(g.created_at), "updated_at": st.iso(g.created_at),
+            "ipam_config": None, "mac_address": None, "address": None}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -421,7 +464,8 @@ def create_app(state: FakeState) -> Starlette:
 
         def handler() -> Response:
             vols = state.list_volumes(zone, name=q.get("name"),
-                                      product_resource_id=q.get("product_resource_id"))
+                                      product_resource_id=q.get("product_resource_id"),
+                                      tags=[t for v in q.getlist("tags") for t in _split(v)])
             page, total = _page(request, vols, size_param="page_size")
             with state.lock:
                 return JSONResponse({"volumes": [volume_json(state, v) for v in page],
@@ -437,6 +481,18 @@ def create_app(state: FakeState) -> Starlette:
                 return Response(status_code=204)
 
             return await run(request, "delete_volume", zone, del_handler, resource_id=vid)
+        if request.method == "PATCH":
+            try:
+                body = await _json_body(request)
+            except ApiError as err:
+                return JSONResponse(err.body, status_code=err.status)
+
+            def patch_handler() -> Response:
+                vol = state.update_volume(zone, vid, body)
+                with state.lock:
+                    return JSONResponse(volume_json(state, vol))
+
+            return await run(request, "update_volume", zone, patch_handler, resource_id=vid)
 
         def get_handler() -> Response:
             vol = state.get_volume(zone, vid)
@@ -461,7 +517,169 @@ def create_app(state: FakeState) -> Starlette:
 
         return await run(request, "list_ips", region, handler)
 
+    # -------------------------------------------------------------- instance: security groups
+
+    async def security_groups(request: Request) -> Response:
+        zone = request.path_params["zone"]
+        if request.method == "POST":
+            try:
+                body = await _json_body(request)
+            except ApiError as err:
+                return JSONResponse(err.body, status_code=err.status)
+
+            def create_handler() -> Response:
+                sg = state.create_security_group(zone, body)
+                with state.lock:
+                    return JSONResponse({"security_group": sg_json(state, sg)},
+                                        status_code=201)
+
+            return await run(request, "create_security_group", zone, create_handler)
+
+        def list_handler() -> Response:
+            with state.lock:
+                groups = [g for g in state.security_groups.values() if g.zone == zone]
+                name = request.query_params.get("name")
+                if name:
+                    groups = [g for g in groups if name in g.name]
+                page, total = _page(request, groups)
+                return JSONResponse({"security_groups": [sg_json(state, g) for g in page],
+                                     "total_count": total},
+                                    headers={"X-Total-Count": str(total)})
+
+        return await run(request, "list_security_groups", zone, list_handler)
+
+    async def security_group(request: Request) -> Response:
+        zone, gid = request.path_params["zone"], request.path_params["sg_id"]
+        if request.method == "DELETE":
+            def del_handler() -> Response:
+                state.delete_security_group(zone, gid)
+                return Response(status_code=204)
+
+            return await run(request, "delete_security_group", zone, del_handler,
+                             resource_id=gid)
+
+        def get_handler() -> Response:
+            sg = state.get_security_group(zone, gid)
+            with state.lock:
+                return JSONResponse({"security_group": sg_json(state, sg)})
+
+        return await run(request, "get_security_group", zone, get_handler, resource_id=gid)
+
+    async def security_group_rules(request: Request) -> Response:
+        zone, gid = request.path_params["zone"], request.path_params["sg_id"]
+        if request.method == "POST":
+            try:
+                body = await _json_body(request)
+            except ApiError as err:
+                return JSONResponse(err.body, status_code=err.status)
+
+            def create_handler() -> Response:
+                rule = state.add_security_group_rule(zone, gid, body)
+                sg = state.get_security_group(zone, gid)
+                return JSONResponse({"rule": sg_rule_json(sg, rule)}, status_code=201)
+
+            return await run(request, "create_security_group_rule", zone, create_handler,
+                             resource_id=gid)
+
+        def list_handler() -> Response:
+            sg = state.get_security_group(zone, gid)
+            with state.lock:
+                rules = [sg_rule_json(sg, r) for r in sg.rules]
+            return JSONResponse({"rules": rules, "total_count": len(rules)},
+                                headers={"X-Total-Count": str(len(rules))})
+
+        return await run(request, "list_security_group_rules", zone, list_handler,
+                         resource_id=gid)
+
+    async def security_group_rule(request: Request) -> Response:
+        zone, gid = request.path_params["zone"], request.path_params["sg_id"]
+        rid = request.path_params["rule_id"]
+
+        def handler() -> Response:
+            state.delete_security_group_rule(zone, gid, rid)
+            return Response(status_code=204)
+
+        return await run(request, "delete_security_group_rule", zone, handler, resource_id=rid)
+
+    # -------------------------------------------------------------- VPC, Public Gateway
+
+    async def private_networks(request: Request) -> Response:
+        region = request.path_params["region"]
+        if request.method == "POST":
+            try:
+                body = await _json_body(request)
+            except ApiError as err:
+                return JSONResponse(err.body, status_code=err.status)
+
+            def create_handler() -> Response:
+                pn = state.create_private_network(region, body)
+                with state.lock:
+                    return JSONResponse(pn_json(state, pn))
+
+            return await run(request, "create_private_network", region, create_handler)
+
+        def list_handler() -> Response:
+            with state.lock:
+                pns = [p for p in state.private_networks.values() if p.region == region]
+                page, total = _page(request, pns, size_param="page_size")
+                return JSONResponse({"private_networks": [pn_json(state, p) for p in page],
+                                     "total_count": total})
+
+        return await run(request, "list_private_networks", region, list_handler)
+
+    async def private_network(request: Request) -> Response:
+        region, pid = request.path_params["region"], request.path_params["pn_id"]
+        if request.method == "DELETE":
+            def del_handler() -> Response:
+                state.delete_private_network(region, pid)
+                return Response(status_code=204)
+
+            return await run(request, "delete_private_network", region, del_handler,
+                             resource_id=pid)
+
+        def get_handler() -> Response:
+            with state.lock:
+                pn = state.private_networks.get(pid)
+                if pn is None or pn.region != region:
+                    raise ApiError(404, "not_found", "resource is not found",
+                                   resource="private_network", resource_id=pid)
+                return JSONResponse(pn_json(state, pn))
+
+        return await run(request, "get_private_network", region, get_handler, resource_id=pid)
+
+    async def gateway_networks(request: Request) -> Response:
+        zone = request.path_params["zone"]
+        if request.method == "POST":
+            try:
+                body = await _json_body(request)
+            except ApiError as err:
+                return JSONResponse(err.body, status_code=err.status)
+
+            def create_handler() -> Response:
+                gwn = state.attach_gateway(zone, body)
+                with state.lock:
+                    return JSONResponse(gwn_json(state, gwn))
+
+            return await run(request, "create_gateway_network", zone, create_handler)
+
+        def list_handler() -> Response:
+            with state.lock:
+                items = [g for g in state.gateway_networks.values() if g.zone == zone]
+                return JSONResponse({"gateway_networks": [gwn_json(state, g) for g in items],
+                                     "total_count": len(items)})
+
+        return await run(request, "list_gateway_networks", zone, list_handler)
+
     # -------------------------------------------------------------- admin (/_fake)
+
+    async def admin_boot(request: Request) -> Response:
+        booter = state.booter
+        describe = getattr(booter, "describe", None)
+        if describe is None:
+            return JSONResponse({"type": "not_booting",
+                                 "message": "this fake does not boot servers (--boot)"},
+                                status_code=404)
+        return JSONResponse(describe())
 
     async def admin_faults(request: Request) -> Response:
         if request.method == "DELETE":
@@ -565,11 +783,24 @@ def create_app(state: FakeState) -> Starlette:
               methods=["GET", "POST"]),
         Route(f"{inst}/servers/{{server_id}}/private_nics/{{nic_id}}", get_private_nic,
               methods=["GET"]),
+        Route(f"{inst}/security_groups", security_groups, methods=["GET", "POST"]),
+        Route(f"{inst}/security_groups/{{sg_id}}", security_group, methods=["GET", "DELETE"]),
+        Route(f"{inst}/security_groups/{{sg_id}}/rules", security_group_rules,
+              methods=["GET", "POST"]),
+        Route(f"{inst}/security_groups/{{sg_id}}/rules/{{rule_id}}", security_group_rule,
+              methods=["DELETE"]),
+        Route("/vpc/v2/regions/{region}/private-networks", private_networks,
+              methods=["GET", "POST"]),
+        Route("/vpc/v2/regions/{region}/private-networks/{pn_id}", private_network,
+              methods=["GET", "DELETE"]),
+        Route("/vpc-gw/v2/zones/{zone}/gateway-networks", gateway_networks,
+              methods=["GET", "POST"]),
+        Route("/_fake/boot", _admin(admin_boot), methods=["GET"]),
         Route(f"{inst}/products/servers", products_servers, methods=["GET"]),
         Route(f"{inst}/products/servers/availability", availability, methods=["GET"]),
         Route("/block/v1/zones/{zone}/volumes", block_volumes, methods=["GET"]),
         Route("/block/v1/zones/{zone}/volumes/{volume_id}", block_volume,
-              methods=["GET", "DELETE"]),
+              methods=["GET", "PATCH", "DELETE"]),
         Route("/ipam/v1/regions/{region}/ips", ipam_ips, methods=["GET"]),
         Route("/_fake/faults", _admin(admin_faults), methods=["GET", "POST", "DELETE"]),
         Route("/_fake/calls", _admin(admin_calls), methods=["GET", "DELETE"]),

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from cluster.fake_scaleway.faults import FaultBook
 
@@ -116,6 +116,7 @@ class FakeConfig:
     stop_seconds: float = 0.0
     nic_seconds: float = 0.0
     secret_key: str | None = None  # when set, X-Auth-Token must equal it
+    public_ip_prefix: str = "51.15"  # the booting box uses 198.18 (a range never routed)
 
 
 @dataclass
@@ -185,6 +186,65 @@ class IpamIp:
     created_at: float
 
 
+@dataclass
+class SecurityGroupRule:
+    id: str
+    direction: str = "inbound"
+    action: str = "accept"
+    protocol: str = "TCP"
+    ip_range: str = "0.0.0.0/0"
+    dest_port_from: int | None = None
+    dest_port_to: int | None = None
+    position: int = 0
+
+
+@dataclass
+class SecurityGroup:
+    id: str
+    name: str
+    zone: str
+    project: str
+    created_at: float
+    inbound_default_policy: str = "accept"
+    outbound_default_policy: str = "accept"
+    stateful: bool = True
+    description: str = ""
+    tags: list[str] = field(default_factory=list)
+    rules: list[SecurityGroupRule] = field(default_factory=list)
+
+
+@dataclass
+class PrivateNetwork:
+    id: str
+    name: str
+    region: str
+    project: str
+    subnets: list[str]
+    created_at: float
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GatewayNetwork:
+    """A Public Gateway attached to a private network (the box routes nothing: no-op)."""
+
+    id: str
+    gateway_id: str
+    private_network_id: str
+    zone: str
+    masquerade: bool
+    push_default_route: bool
+    created_at: float
+
+
+class Booter(Protocol):
+    """What makes servers boot (:class:`cluster.fake_scaleway.box.Box` via its adapter)."""
+
+    def on_running(self, state: FakeState, server: Server) -> None: ...
+
+    def on_halted(self, state: FakeState, server: Server) -> None: ...
+
+
 class ApiError(Exception):
     """An error the fake answers with Scaleway's shape: ``{"type", "message", ...}``."""
 
@@ -218,6 +278,10 @@ class FakeState:
         self.volumes: dict[str, Volume] = {}
         self.nics: dict[str, PrivateNic] = {}
         self.ips: dict[str, IpamIp] = {}
+        self.security_groups: dict[str, SecurityGroup] = {}
+        self.private_networks: dict[str, PrivateNetwork] = {}
+        self.gateway_networks: dict[str, GatewayNetwork] = {}
+        self.booter: Booter | None = None
         self.calls: list[dict[str, Any]] = []
         self._epoch = datetime.now(UTC) - timedelta(seconds=self.clock.now())
         self._ip_counter = 0
@@ -244,11 +308,16 @@ class FakeState:
     def reset(self) -> None:
         """Forget every resource, call, fault, quota and availability override."""
         with self.lock:
+            for server in list(self.servers.values()):
+                self._halted(server)
             self.servers.clear()
             self.volumes.clear()
             self.nics.clear()
             self.ips.clear()
             self.calls.clear()
+            self.security_groups.clear()
+            self.private_networks.clear()
+            self.gateway_networks.clear()
             self.availability.clear()
             self.quotas.clear()
             self.faults.clear()
@@ -267,9 +336,11 @@ class FakeState:
             if s.boot_outcome == "running":
                 s.state, s.state_detail, s.modified_at = "running", "booted", s.boot_at
                 if s.dynamic_ip_required and s.public_ip is None:
-                    s.public_ip = self._next_ip("51.15")
+                    s.public_ip = self._next_ip(self.config.public_ip_prefix)
                 if not s.routed_ip_enabled and s.private_ip is None:
                     s.private_ip = self._next_ip("10.64")
+                if self.booter is not None:
+                    self.booter.on_running(self, s)
             elif s.boot_outcome == "fallback":
                 s.state, s.state_detail, s.modified_at = "stopped", "boot failed", s.boot_at
                 s.boot_at = None
@@ -277,12 +348,18 @@ class FakeState:
             if s.terminating:
                 self._remove_server(s, delete_local=True)
             else:
+                self._halted(s)
                 s.state, s.state_detail, s.modified_at = "stopped", "", s.stop_at
                 s.public_ip = None if s.dynamic_ip_required else s.public_ip
                 s.stop_at = None
 
+    def _halted(self, s: Server) -> None:
+        if self.booter is not None:
+            self.booter.on_halted(self, s)
+
     def _remove_server(self, s: Server, *, delete_local: bool) -> None:
         """Delete a server: SBS volumes are only detached (still billed), local ones go."""
+        self._halted(s)
         for vid in s.volume_ids:
             vol = self.volumes.get(vid)
             if vol is None:
@@ -522,16 +599,33 @@ class FakeState:
             return vol
 
     def list_volumes(self, zone: str, *, name: str | None = None,
-                     product_resource_id: str | None = None) -> list[Volume]:
+                     product_resource_id: str | None = None,
+                     tags: list[str] | None = None) -> list[Volume]:
         self.tick()
         with self.lock:
             out = [v for v in self.volumes.values()
                    if v.zone == zone and v.volume_type == "sbs_volume"]
+        if tags:  # Block's filter: volumes with one or more of the tags
+            out = [v for v in out if any(t in v.tags for t in tags)]
         if name:
             out = [v for v in out if name in v.name]
         if product_resource_id:
             out = [v for v in out if v.server_id == product_resource_id]
         return sorted(out, key=lambda v: (v.created_at, v.id))
+
+    def update_volume(self, zone: str, volume_id: str, body: dict[str, Any]) -> Volume:
+        vol = self.get_volume(zone, volume_id)
+        tags = body.get("tags")
+        if tags is not None and (not isinstance(tags, list)
+                                 or not all(isinstance(t, str) for t in tags)):
+            raise ApiError(400, "invalid_arguments", "invalid argument(s)",
+                           details=[{"argument_name": "tags", "reason": "constraint"}])
+        with self.lock:
+            if tags is not None:
+                vol.tags = list(tags)
+            if isinstance(body.get("name"), str) and body["name"]:
+                vol.name = body["name"]
+            return vol
 
     def delete_volume(self, zone: str, volume_id: str) -> None:
         vol = self.get_volume(zone, volume_id)
@@ -540,6 +634,127 @@ class FakeState:
                 raise ApiError(412, "precondition_failed", "the volume is in use",
                                precondition="resource_still_in_use")
             del self.volumes[vol.id]
+
+    # ------------------------------------------------------------------------ security groups
+
+    def create_security_group(self, zone: str, body: dict[str, Any]) -> SecurityGroup:
+        project = body.get("project") or body.get("organization")
+        if not isinstance(project, str) or not project:
+            raise ApiError(400, "invalid_arguments", "invalid argument(s)",
+                           details=[{"argument_name": "project", "reason": "required"}])
+        policies: dict[str, str] = {}
+        for key in ("inbound_default_policy", "outbound_default_policy"):
+            value = body.get(key) or "accept"
+            if value not in ("accept", "drop"):
+                raise ApiError(400, "invalid_arguments", "invalid argument(s)",
+                               details=[{"argument_name": key, "reason": "constraint"}])
+            policies[key] = value
+        with self.lock:
+            sg = SecurityGroup(id=str(uuid.uuid4()), name=str(body.get("name") or "sg"),
+                               zone=zone, project=project, created_at=self.clock.now(),
+                               stateful=bool(body.get("stateful", True)),
+                               description=str(body.get("description") or ""),
+                               tags=[str(t) for t in body.get("tags") or []],
+                               inbound_default_policy=policies["inbound_default_policy"],
+                               outbound_default_policy=policies["outbound_default_policy"])
+            self.security_groups[sg.id] = sg
+            return sg
+
+    def get_security_group(self, zone: str, sg_id: str) -> SecurityGroup:
+        with self.lock:
+            sg = self.security_groups.get(sg_id)
+            if sg is None or sg.zone != zone:
+                raise not_found("instance_security_group", sg_id)
+            return sg
+
+    def delete_security_group(self, zone: str, sg_id: str) -> None:
+        sg = self.get_security_group(zone, sg_id)
+        with self.lock:
+            if any(s.security_group == sg.id for s in self.servers.values()):
+                raise ApiError(400, "precondition_failed", "group in use",
+                               precondition="resource_still_in_use")
+            del self.security_groups[sg.id]
+
+    def add_security_group_rule(self, zone: str, sg_id: str,
+                                body: dict[str, Any]) -> SecurityGroupRule:
+        sg = self.get_security_group(zone, sg_id)
+
+        def port(key: str) -> int | None:
+            value = body.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, int) or not 1 <= value <= 65535:
+                raise ApiError(400, "invalid_arguments", "invalid argument(s)",
+                               details=[{"argument_name": key, "reason": "constraint"}])
+            return value
+
+        direction = body.get("direction", "inbound")
+        action = body.get("action", "accept")
+        protocol = body.get("protocol", "TCP")
+        if direction not in ("inbound", "outbound") or action not in ("accept", "drop") or \
+                protocol not in ("TCP", "UDP", "ICMP", "ANY"):
+            raise ApiError(400, "invalid_arguments", "invalid argument(s)",
+                           details=[{"argument_name": "direction/action/protocol",
+                                     "reason": "constraint"}])
+        with self.lock:
+            rule = SecurityGroupRule(id=str(uuid.uuid4()), direction=direction, action=action,
+                                     protocol=protocol,
+                                     ip_range=str(body.get("ip_range") or "0.0.0.0/0"),
+                                     dest_port_from=port("dest_port_from"),
+                                     dest_port_to=port("dest_port_to"),
+                                     position=len(sg.rules) + 1)
+            sg.rules.append(rule)
+            return rule
+
+    def delete_security_group_rule(self, zone: str, sg_id: str, rule_id: str) -> None:
+        sg = self.get_security_group(zone, sg_id)
+        with self.lock:
+            before = len(sg.rules)
+            sg.rules = [r for r in sg.rules if r.id != rule_id]
+            if len(sg.rules) == before:
+                raise not_found("instance_security_group_rule", rule_id)
+
+    # ------------------------------------------------------------------------ VPC, gateway
+
+    def create_private_network(self, region: str, body: dict[str, Any]) -> PrivateNetwork:
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "invalid_arguments", "invalid argument(s)",
+                           details=[{"argument_name": "name", "reason": "required"}])
+        with self.lock:
+            pn = PrivateNetwork(id=str(uuid.uuid4()), name=name, region=region,
+                                project=str(body.get("project_id") or ""),
+                                subnets=[str(x) for x in body.get("subnets") or
+                                         ["172.16.0.0/22"]],
+                                created_at=self.clock.now(),
+                                tags=[str(t) for t in body.get("tags") or []])
+            self.private_networks[pn.id] = pn
+            return pn
+
+    def delete_private_network(self, region: str, pn_id: str) -> None:
+        with self.lock:
+            pn = self.private_networks.get(pn_id)
+            if pn is None or pn.region != region:
+                raise not_found("private_network", pn_id)
+            if any(n.private_network_id == pn_id for n in self.nics.values()):
+                raise ApiError(412, "precondition_failed", "private network in use",
+                               precondition="resource_still_in_use")
+            del self.private_networks[pn_id]
+
+    def attach_gateway(self, zone: str, body: dict[str, Any]) -> GatewayNetwork:
+        pn_id = body.get("private_network_id")
+        gw_id = body.get("gateway_id")
+        if not isinstance(pn_id, str) or not isinstance(gw_id, str):
+            raise ApiError(400, "invalid_arguments", "invalid argument(s)", details=[
+                {"argument_name": "gateway_id/private_network_id", "reason": "required"}])
+        with self.lock:
+            gwn = GatewayNetwork(id=str(uuid.uuid4()), gateway_id=gw_id,
+                                 private_network_id=pn_id, zone=zone,
+                                 masquerade=bool(body.get("enable_masquerade", True)),
+                                 push_default_route=bool(body.get("push_default_route", False)),
+                                 created_at=self.clock.now())
+            self.gateway_networks[gwn.id] = gwn
+            return gwn
 
     # ------------------------------------------------------------------------ seeding
 
@@ -564,7 +779,7 @@ class FakeState:
                            created_at=now + i * 1e-6, modified_at=now, state=state,
                            volume_ids=[vid])
                 if state == "running":
-                    s.public_ip = self._next_ip("51.15")
+                    s.public_ip = self._next_ip(self.config.public_ip_prefix)
                 self.servers[sid] = s
                 ids.append(sid)
         return ids

@@ -18,6 +18,8 @@ class ReconcileSettings:
     still booting is never reaped. ``terminate_retry``: a ``terminating`` row whose VM is still
     listed this long after gets its terminate resent. ``max_reaps_per_pass``: a brake -- a pass
     that would delete more than this many VMs deletes only that many and reports the rest.
+    ``volume_reap_interval``: detached volumes tagged with the cluster are deleted at most this
+    often per cluster (the first pass of a runner always looks).
     """
 
     adopt_grace: timedelta = timedelta(minutes=2)
@@ -25,6 +27,8 @@ class ReconcileSettings:
     terminate_retry: timedelta = timedelta(minutes=2)
     reap_when_ray_unknown: bool = False
     max_reaps_per_pass: int = 50
+    # How often a cluster's detached SBS volumes are looked for (one listing per zone).
+    volume_reap_interval: timedelta = timedelta(minutes=10)
 
 
 @dataclass
@@ -75,6 +79,8 @@ class ReconcileReport:
     recorded: list[ReconcileAction] = field(default_factory=list)
     deferred: list[ReconcileAction] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # Detached SBS volumes of the clusters deleted this pass (clouds that can reap them).
+    reaped_volumes: list[str] = field(default_factory=list)
     pass_log_id: int | None = None
 
     def add(self, action: ReconcileAction) -> None:

@@ -116,6 +116,7 @@ class Reconciler:
             raise ValueError("the sessionmaker must be bound to an Engine")
         self.lock = RunnerLock(engine)
         self.last_report: ReconcileReport | None = None
+        self._volumes_reaped_at: dict[str, datetime] = {}
 
     def run_once(self, dry_run: bool = False, cluster: str | None = None) -> ReconcileReport:
         """One pass over every cluster (or only ``cluster``). Never raises for a cloud error."""
@@ -211,8 +212,26 @@ class Reconciler:
         plan = plan_cluster(view, now, self.settings, reaps_left)
         Applier(self.sessionmaker, cloud, cluster=name, provider=provider, report=report,
                 now=now).apply_all(plan.actions)
+        last = self._volumes_reaped_at.get(name)
+        if vms is not None and not report.dry_run and (
+                last is None or now - last >= self.settings.volume_reap_interval):
+            self._volumes_reaped_at[name] = now
+            self._reap_detached(name, cloud, report)
         status.api_calls = _api_calls(cloud) - calls_before
         return plan.reaps
+
+    @staticmethod
+    def _reap_detached(name: str, cloud: Cloud, report: ReconcileReport) -> None:
+        """Delete the cluster's detached volumes (VMs deleted while nobody kept calling the
+        provider leave them billed). Optional: only clouds with ``reap_detached_volumes``."""
+        reap = getattr(cloud, "reap_detached_volumes", None)
+        if reap is None:
+            return
+        try:
+            report.reaped_volumes.extend(reap(name))
+        except CloudError as exc:
+            report.errors.append(f"cluster {name}: reaping detached volumes failed "
+                                 f"({short_error(exc)})")
 
     def _confirm(self, cloud: Cloud, cluster: str, unseen: Sequence[RowView], now: datetime,
                  report: ReconcileReport) -> dict[uuid.UUID, bool]:

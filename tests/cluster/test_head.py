@@ -32,7 +32,8 @@ def scaleway_cluster(tmp_path: Path) -> ClusterFile:
         "cluster_name": "c1", "cloud": "scaleway", "state_dir": str(tmp_path / "state"),
         "scaleway": {"zones": list(ZONES), "private_network_id": "pn-1",
                      "private_network_name": "pn"},
-        "head": {"instance_type": "POP2-4C-16G", "image": "ubuntu_noble"},
+        "head": {"instance_type": "POP2-4C-16G", "image": "ubuntu_noble",
+                 "security_group_id": "sg-head"},
         "node_types": {"gpu-l4": {"instance_type": "L4-1-24G", "image": "ubuntu_noble_gpu"}},
     })
 
@@ -111,4 +112,4 @@ def test_the_head_vm_entry_point_still_answers(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "cluster.head"], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 2
-    assert "usage: python -m cluster.head exec-head <config.json>" in done.stderr
+    assert "usage: python -m cluster.head exec-head|forget-user-data <config.json>" in done.stderr

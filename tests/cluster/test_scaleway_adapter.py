@@ -82,7 +82,8 @@ def test_create_stopped_then_user_data_then_poweron_then_running(scw: ScwEnv) ->
     # The order that matters: created stopped, NIC and user data before the first boot.
     sequence = [o for o in ops(scw) if o not in ("list_servers", "availability", "get_server",
                                                   "get_private_nic", "list_ips")]
-    assert sequence == ["create_server", "create_private_nic", "set_user_data", "poweron"]
+    assert sequence == ["create_server", "update_volume", "create_private_nic", "set_user_data",
+                        "poweron"]
     body = requests.get(f"{scw.url}/instance/v1/zones/fr-par-2/servers/"
                         f"{inst.provider_instance_id}/user_data/cloud-init",
                         headers={"x-auth-token": "t"}, timeout=5)
