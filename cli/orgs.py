@@ -18,6 +18,8 @@ from cli.output import (
     print_table,
 )
 from control_api.client.api import is_uuid
+from control_api.client.errors import ControlApiError
+from control_api.schemas.identity import MemberInvited
 
 app = typer.Typer(help="Organisations and memberships.", no_args_is_help=True)
 
@@ -101,7 +103,8 @@ def add_member(
     = RoleName.member,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add a user to an organisation with a role."""
+    """Add a user to an organisation with a role (platform admins), or invite them (org
+    admins: they join once they accept with `inventiv orgs accept`)."""
     with make_client() as client:
         found = client.find_org(org)
         if is_uuid(user):
@@ -111,7 +114,43 @@ def add_member(
     if json_out:
         print_json(member)
         return
+    if isinstance(member, MemberInvited):
+        info(f"Invited {user} to {found.name} as {role.value} (if that user exists; they join "
+             "once they accept)")
+        return
     info(f"Added {member.username or member.user_id} to {found.name} as {fmt(member.role)}")
+
+
+@app.command("invitations")
+@handles_errors
+def invitations(json_out: JsonOpt = False) -> None:
+    """Your pending invitations into organisations."""
+    with make_client() as client:
+        items = client.list_invitations()
+    if json_out:
+        print_json(items)
+        return
+    print_table("Invitations", ["id", "org", "role", "invited"],
+                [(i.id, i.org_name, fmt(i.role), i.created_at) for i in items])
+
+
+@app.command("accept")
+@handles_errors
+def accept(invitation: Annotated[str, typer.Argument(help="Invitation id, or org name.")],
+           json_out: JsonOpt = False) -> None:
+    """Accept an invitation (by its id or its organisation's name)."""
+    with make_client() as client:
+        target = invitation
+        if not is_uuid(invitation):
+            match = [i for i in client.list_invitations() if i.org_name == invitation]
+            if not match:
+                raise ControlApiError(404, "not_found", f"no invitation into {invitation!r}")
+            target = str(match[0].id)
+        joined = client.accept_invitation(target)
+    if json_out:
+        print_json(joined)
+        return
+    info(f"Joined {joined.org_name} as {fmt(joined.role)}")
 
 
 @app.command("set-role")

@@ -16,7 +16,13 @@ from control_api.errors import Forbidden, NotFound, Unauthorized
 from control_api.security import JwtCodec, Passwords, TokenError
 from control_api.settings import Settings
 from core.db import utcnow
-from core.keys import sha256_hex
+from core.keys import (
+    SCOPE_INGRESS,
+    SCOPE_NODE_PROVIDER,
+    SCOPE_RECONCILER,
+    SERVICE_SCOPES,
+    sha256_hex,
+)
 from core.models import Membership, Role, ServiceToken, User, UserSession
 
 
@@ -113,9 +119,51 @@ def _bearer(request: Request) -> str | None:
     return None
 
 
+# Methods that change nothing: no CSRF check.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_HEADER = "x-csrf-token"
+CSRF_COOKIE = "inventiv_csrf"
+JSON_TYPES = ("application/json",)
+
+
+def _same_origin(request: Request) -> bool:
+    """The browser says the request comes from this site: ``Origin`` names our host, or (no
+    Origin) ``Sec-Fetch-Site`` is ``same-origin``/``none``."""
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "")
+    if origin is not None:
+        _, _, netloc = origin.partition("://")
+        return bool(host) and netloc.rstrip("/").lower() == host.lower()
+    return request.headers.get("sec-fetch-site", "").lower() in ("same-origin", "none")
+
+
+def check_csrf(request: Request) -> None:
+    """Cookie-authenticated state-changing requests must come from our own origin and carry a
+    JSON body or the CSRF token (``X-CSRF-Token`` equal to the ``inventiv_csrf`` cookie set at
+    login): a foreign page can send neither without a CORS preflight the API never grants.
+    Bearer-token requests are not affected (a foreign page cannot set that header)."""
+    if request.method.upper() in SAFE_METHODS:
+        return
+    if not _same_origin(request):
+        raise Forbidden("cross-site request refused (Origin / Sec-Fetch-Site does not match)",
+                        code="csrf_failed")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    token = request.headers.get(CSRF_HEADER)
+    cookie = request.cookies.get(CSRF_COOKIE)
+    import hmac
+
+    if ctype in JSON_TYPES or (token and cookie and hmac.compare_digest(token, cookie)):
+        return
+    raise Forbidden("a cookie-authenticated request needs a JSON body or the X-CSRF-Token "
+                    "header", code="csrf_failed")
+
+
 def get_principal(request: Request, db: SessionDep, jwt_codec: JwtDep,
                   settings: SettingsDep) -> Principal:
-    token = _bearer(request) or request.cookies.get(settings.cookie_name)
+    bearer = _bearer(request)
+    token = bearer or request.cookies.get(settings.cookie_name)
+    if token and bearer is None:
+        check_csrf(request)
     if not token:
         raise Unauthorized("authentication required",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -150,11 +198,18 @@ AdminDep = Annotated[Principal, Depends(get_admin)]
 
 @dataclass(frozen=True)
 class ServicePrincipal:
-    """A data-plane component authenticated by a service token."""
+    """A data-plane component authenticated by a service token, with its scopes."""
 
     name: str
     component: str
     token_id: uuid.UUID | None
+    scopes: frozenset[str] = frozenset(SERVICE_SCOPES)
+
+    def require_scope(self, *allowed: str) -> None:
+        """403 ``insufficient_scope`` unless the token holds one of ``allowed``."""
+        if not self.scopes & set(allowed):
+            raise Forbidden(f"this service token may not call this route (needs scope "
+                            f"{' or '.join(allowed)})", code="insufficient_scope")
 
 
 def get_service(request: Request, db: SessionDep, settings: SettingsDep) -> ServicePrincipal:
@@ -165,16 +220,36 @@ def get_service(request: Request, db: SessionDep, settings: SettingsDep) -> Serv
         import hmac
 
         if hmac.compare_digest(token, settings.service_token.get_secret_value()):
+            # The bootstrap token runs the laptop's whole data plane: every scope.
             return ServicePrincipal(name="bootstrap", component="bootstrap", token_id=None)
     row = db.scalar(select(ServiceToken).where(ServiceToken.token_hash == sha256_hex(token)))
     if row is None or row.revoked_at is not None:
         raise Unauthorized("invalid service token", headers={"WWW-Authenticate": "Bearer"})
     db.execute(update(ServiceToken).where(ServiceToken.id == row.id)
                .values(last_used_at=utcnow()))
-    return ServicePrincipal(name=row.name, component=row.component, token_id=row.id)
+    return ServicePrincipal(name=row.name, component=row.component, token_id=row.id,
+                            scopes=frozenset(row.scopes or ()))
 
 
 ServiceDep = Annotated[ServicePrincipal, Depends(get_service)]
+
+
+def service_with(*scopes: str) -> Callable[[ServicePrincipal], ServicePrincipal]:
+    """A dependency: the calling service, which must hold one of ``scopes``."""
+    for scope in scopes:
+        if scope not in SERVICE_SCOPES:
+            raise ValueError(f"unknown service scope {scope!r}")
+
+    def dep(service: ServiceDep) -> ServicePrincipal:
+        service.require_scope(*scopes)
+        return service
+
+    return dep
+
+
+NodeProviderDep = Annotated[ServicePrincipal,
+                            Depends(service_with(SCOPE_NODE_PROVIDER, SCOPE_RECONCILER))]
+IngressDep = Annotated[ServicePrincipal, Depends(service_with(SCOPE_INGRESS))]
 
 
 # Access levels every route declares with ``openapi_extra=access(LEVEL)``. The RBAC matrix test

@@ -118,7 +118,10 @@ def build_server(host: str, port: int, settings: Settings | None = None,
     ``plane``: the data plane's adapters, from the composition root (:mod:`cli.compose`)."""
     settings, admin = prepare_admin(settings or get_settings())
     app = create_app(settings, plane=plane)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
+    # X-Forwarded-For is believed only from INVENTIV_TRUSTED_PROXIES (uvicorn's default trusts
+    # 127.0.0.1, which lets any local client pick its address and dodge the login limits).
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False,
+                            **settings.uvicorn_proxy_options())
     return uvicorn.Server(config), admin
 
 

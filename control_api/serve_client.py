@@ -106,6 +106,10 @@ def serve_config(settings: Settings) -> ServeConfig | None:
             ("spool_dir", settings.serve_spool_dir),
         ) if value
     }
+    if settings.key_checksum_secret_file is not None:
+        # The ingress refuses forged keys without a lookup once it has the checksum secret;
+        # only a file the operator names (it must exist on the ingress's nodes too).
+        options["key_checksum_secret_file"] = str(settings.key_checksum_secret_file)
     if settings.serve_cors_allow_origins:
         options["cors_allow_origins"] = list(settings.serve_cors_allow_origins)
     target = ServeTarget(app_name=settings.serve_app_name,

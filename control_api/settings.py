@@ -5,6 +5,7 @@ Every secret can also be read from a file named by ``INVENTIV_<NAME>_FILE`` (Doc
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -46,9 +47,21 @@ class Settings(BaseSettings):
     service_token: SecretStr | None = None
     # Bearer token Prometheus sends to scrape /metrics (INVENTIV_METRICS_TOKEN or _FILE).
     metrics_token: SecretStr | None = None
+    # Failed logins: per (account, client address) this many before an exponential backoff
+    # (``login_backoff_base_seconds`` doubling per further failure, at most the window), so a
+    # flood from one place cannot lock the account out everywhere; per address a hard limit.
     login_max_failures_per_account: int = 5
     login_max_failures_per_ip: int = 20
     login_window_seconds: int = 900
+    login_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    # Proxies whose X-Forwarded-For is believed (IPs or CIDRs, JSON list or comma-separated:
+    # INVENTIV_TRUSTED_PROXIES=10.0.0.5,10.1.0.0/16). Default: none, the peer address counts.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The secret keying API-key checksums (shared with the ingress, which reads it from a file):
+    # the value (INVENTIV_KEY_CHECKSUM_SECRET), or a file (INVENTIV_KEY_CHECKSUM_SECRET_FILE);
+    # neither: generated once into the data dir (mode 0600).
+    key_checksum_secret: SecretStr | None = None
+    key_checksum_secret_file: Path | None = None
     argon2_time_cost: int = 2
     argon2_memory_cost: int = 19456
     argon2_parallelism: int = 1
@@ -102,6 +115,20 @@ class Settings(BaseSettings):
                 data[name] = Path(path).read_text().strip()
         return data
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [p.strip() for p in text.split(",") if p.strip()]
+        if isinstance(value, list):
+            for item in value:
+                ipaddress.ip_network(str(item), strict=False)  # ValueError names a bad entry
+        return value
+
     @field_validator("reconcile_clusters", mode="before")
     @classmethod
     def _parse_clusters(cls, value: Any) -> Any:
@@ -136,6 +163,51 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+    def resolved_key_checksum_secret_file(self) -> Path:
+        """The file holding the API-key checksum secret (generated in the data dir when neither
+        the value nor a file is configured). The ingress is given this path."""
+        if self.key_checksum_secret_file is not None:
+            return self.key_checksum_secret_file
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / "key_checksum_secret"
+        if not path.exists():
+            value = (self.key_checksum_secret.get_secret_value() if self.key_checksum_secret
+                     is not None else secrets.token_urlsafe(48))
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another worker wrote it first
+                return path
+            with os.fdopen(fd, "w") as f:
+                f.write(value)
+        return path
+
+    def resolved_key_checksum_secret(self) -> bytes:
+        """The API-key checksum secret (bytes)."""
+        if self.key_checksum_secret is not None:
+            return self.key_checksum_secret.get_secret_value().encode()
+        return _read_cached(self.resolved_key_checksum_secret_file())
+
+    def uvicorn_proxy_options(self) -> dict[str, Any]:
+        """uvicorn ``Config`` options matching ``trusted_proxies`` (uvicorn's own default
+        believes X-Forwarded-For from 127.0.0.1, which lets any local client forge its
+        address)."""
+        return {"proxy_headers": bool(self.trusted_proxies),
+                "forwarded_allow_ips": ",".join(self.trusted_proxies) or ""}
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
+
+
+_SECRET_FILES: dict[Path, bytes] = {}
+
+
+def _read_cached(path: Path) -> bytes:
+    # Read once per process: the checksum secret does not rotate without a restart.
+    if path not in _SECRET_FILES:
+        _SECRET_FILES[path] = path.read_bytes().strip()
+    return _SECRET_FILES[path]
 
 
 def normalize_database_url(url: str) -> str:

@@ -164,9 +164,31 @@ class ServiceToken(Base):
     component: Mapped[str] = mapped_column(String(64))
     prefix: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # What the token may call (``core.keys.SERVICE_SCOPES``); each internal route accepts only
+    # its scopes. Null (a token created before scopes existed): nothing.
+    scopes: Mapped[list[str] | None] = mapped_column(JSONDoc)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OrgInvitation(Base):
+    """An org admin's invitation of a user into an org with a role; the membership exists only
+    once the invited user accepts it."""
+
+    __tablename__ = "org_invitations"
+    __table_args__ = (UniqueConstraint("org_id", "user_id", name="uq_invitation_org_user"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
+    org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    role: Mapped[Role] = mapped_column(_enum(Role, "invitation_role"))
+    invited_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 # ---------------------------------------------------------------- catalog

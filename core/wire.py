@@ -135,9 +135,19 @@ class UsageRequest(_Request):
     records: Annotated[list[UsageRecordIn], Field(max_length=MAX_USAGE_RECORDS)]
 
 
+class UsageRejection(BaseModel):
+    """A usage record refused: ``unknown_api_key``, ``key_org_mismatch`` (the key is not in the
+    record's org) or ``org_without_key``. Refused records are not stored (a retry is refused
+    again)."""
+
+    request_id: str
+    code: str
+
+
 class UsageResult(BaseModel):
     inserted: int
     duplicates: int
+    rejected: list[UsageRejection] = Field(default_factory=list)
 
 
 # ---------------------------------------------------------------- key verification
@@ -162,6 +172,8 @@ class KeyVerifyResult(BaseModel):
     valid: bool = True
     api_key_id: uuid.UUID
     org_id: uuid.UUID
+    # The org's name, so ``allowed_orgs`` given by name matches at the ingress too.
+    org_name: str | None = None
     user_id: uuid.UUID | None
     name: str
     allowed_models: list[str] | None

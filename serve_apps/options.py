@@ -18,6 +18,12 @@ class IngressOptions(BaseModel):
     # into the Serve app and may be shown in its config).
     service_token_file: str
     spool_dir: str
+    # A file holding the control API's API-key checksum secret: with it, forged keys are
+    # refused without a lookup (``serve_apps.auth.KeyCache(checksum_secret=...)``).
+    key_checksum_secret_file: str | None = None
+    # Failed authentications per client address before a 429 (per ``key_failure_window_s``).
+    key_failures_per_client: int = Field(default=20, ge=1)
+    key_failure_window_s: float = Field(default=60.0, gt=0)
     key_ttl_s: float = Field(default=15.0, gt=0, le=30)
     key_stale_s: float = Field(default=900.0, ge=0)
     negative_ttl_s: float = Field(default=5.0, ge=0, le=30)

@@ -32,9 +32,13 @@ from control_api.schemas.identity import (
     ApiKeyCreated,
     ApiKeyList,
     ApiKeyOut,
+    InvitationList,
+    InvitationOut,
     LoginResponse,
+    MemberInvited,
     MemberList,
     MemberOut,
+    MembershipOut,
     MeResponse,
     OrgList,
     OrgOut,
@@ -245,9 +249,25 @@ class ControlApiClient:
         return MemberList.model_validate(self._get(f"/api/orgs/{org_id}/members")).items
 
     def add_member(self, org_id: uuid.UUID | str, role: str, *, username: str | None = None,
-                   user_id: uuid.UUID | str | None = None) -> MemberOut:
-        return MemberOut.model_validate(self._post(f"/api/orgs/{org_id}/members", _body(
-            username=username, user_id=user_id, role=role)))
+                   user_id: uuid.UUID | str | None = None) -> MemberOut | MemberInvited:
+        """A platform admin adds directly (``MemberOut``); an org admin invites
+        (``MemberInvited``: the user joins once they accept)."""
+        data = self._post(f"/api/orgs/{org_id}/members", _body(
+            username=username, user_id=user_id, role=role))
+        if isinstance(data, dict) and data.get("status") == "invited":
+            return MemberInvited.model_validate(data)
+        return MemberOut.model_validate(data)
+
+    def list_invitations(self) -> list[InvitationOut]:
+        """The caller's pending invitations."""
+        return InvitationList.model_validate(self._get("/api/auth/invitations")).items
+
+    def accept_invitation(self, invitation_id: uuid.UUID | str) -> MembershipOut:
+        return MembershipOut.model_validate(
+            self._post(f"/api/auth/invitations/{invitation_id}/accept"))
+
+    def decline_invitation(self, invitation_id: uuid.UUID | str) -> None:
+        self._post(f"/api/auth/invitations/{invitation_id}/decline")
 
     def set_member_role(self, org_id: uuid.UUID | str, user_id: uuid.UUID | str,
                         role: str) -> MemberOut:
@@ -290,9 +310,11 @@ class ControlApiClient:
     def list_service_tokens(self) -> list[ServiceTokenOut]:
         return ServiceTokenList.model_validate(self._get("/api/service-tokens")).items
 
-    def create_service_token(self, name: str, component: str) -> ServiceTokenCreated:
-        return ServiceTokenCreated.model_validate(
-            self._post("/api/service-tokens", {"name": name, "component": component}))
+    def create_service_token(self, name: str, component: str,
+                             scopes: list[str] | None = None) -> ServiceTokenCreated:
+        """Create a token; ``scopes`` default to the one ``component`` names."""
+        return ServiceTokenCreated.model_validate(self._post("/api/service-tokens", _body(
+            name=name, component=component, scopes=scopes)))
 
     def revoke_service_token(self, token_id: uuid.UUID | str) -> ServiceTokenOut:
         return ServiceTokenOut.model_validate(

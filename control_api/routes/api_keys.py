@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter
 
-from control_api.deps import PrincipalDep, SessionDep, access
+from control_api.deps import PrincipalDep, SessionDep, SettingsDep, access
 from control_api.schemas.identity import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyOut
 from control_api.services import identity
 from core.db import utcnow
@@ -22,18 +22,21 @@ def _out(key: ApiKey) -> ApiKeyOut:
 @router.get("", response_model=ApiKeyList, openapi_extra=access("org:viewer"))
 def list_keys(principal: PrincipalDep, db: SessionDep, org_id: uuid.UUID | None = None
               ) -> ApiKeyList:
-    """Your keys; with admin+ in an org, all of its keys. Revoked keys stay listed."""
+    """Your keys; with admin+ in an org, all of its keys (those of removed or deleted members
+    included, so they can be revoked). Revoked keys stay listed."""
     return ApiKeyList(items=[_out(k) for k in identity.list_api_keys(db, principal, org_id)])
 
 
 @router.post("", response_model=ApiKeyCreated, status_code=201,
              openapi_extra=access("org:member"))
-def create_key(body: ApiKeyCreate, principal: PrincipalDep, db: SessionDep) -> ApiKeyCreated:
+def create_key(body: ApiKeyCreate, principal: PrincipalDep, db: SessionDep,
+               settings: SettingsDep) -> ApiKeyCreated:
     """Create a key (member+ in the org); ``key`` is shown in this response only."""
     key, secret = identity.create_api_key(
         db, principal, org_id=body.org_id, name=body.name, expires_at=body.expires_at,
         allowed_models=body.allowed_models, rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit,
         monthly_budget_eur=body.monthly_budget_eur, now=utcnow(),
+        checksum_secret=settings.resolved_key_checksum_secret(),
     )
     return ApiKeyCreated(**_out(key).model_dump(), key=secret)
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
+import uuid
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
 from control_api.deps import (
+    CSRF_COOKIE,
     JwtDep,
     PasswordsDep,
     PrincipalDep,
@@ -16,6 +19,8 @@ from control_api.deps import (
     access,
 )
 from control_api.schemas.identity import (
+    InvitationList,
+    InvitationOut,
     LoginRequest,
     LoginResponse,
     MembershipOut,
@@ -38,6 +43,13 @@ def _set_session_cookie(response: Response, settings: Settings, token: str,
     response.set_cookie(
         settings.cookie_name, token, max_age=settings.jwt_ttl_seconds, expires=expires_at,
         path="/", domain=None, secure=settings.cookie_secure, httponly=True, samesite="lax",
+    )
+    # Double-submit CSRF token: readable by our own pages (not HttpOnly), which echo it in
+    # X-CSRF-Token on cookie-authenticated requests without a JSON body.
+    response.set_cookie(
+        CSRF_COOKIE, secrets.token_urlsafe(24), max_age=settings.jwt_ttl_seconds,
+        expires=expires_at, path="/", domain=None, secure=settings.cookie_secure,
+        httponly=False, samesite="strict",
     )
 
 
@@ -66,6 +78,8 @@ def logout(principal: PrincipalDep, db: SessionDep, settings: SettingsDep) -> Re
     response = Response(status_code=204)
     response.delete_cookie(settings.cookie_name, path="/", domain=None,
                            secure=settings.cookie_secure, httponly=True, samesite="lax")
+    response.delete_cookie(CSRF_COOKIE, path="/", domain=None, secure=settings.cookie_secure,
+                           httponly=False, samesite="strict")
     return response
 
 
@@ -87,4 +101,30 @@ def change_password(body: PasswordChange, principal: PrincipalDep, db: SessionDe
     """Change the caller's password; their other sessions are revoked."""
     identity.change_password(db, passwords, principal, current=body.current_password,
                              new=body.new_password)
+    return Response(status_code=204)
+
+
+@router.get("/invitations", response_model=InvitationList, openapi_extra=access("user"))
+def list_invitations(principal: PrincipalDep, db: SessionDep) -> InvitationList:
+    """Your pending invitations into organisations."""
+    return InvitationList(items=[
+        InvitationOut(id=inv.id, org_id=org.id, org_name=org.name, role=inv.role,
+                      created_at=inv.created_at)
+        for inv, org in identity.invitations_of(db, principal.user_id)])
+
+
+@router.post("/invitations/{id}/accept", response_model=MembershipOut,
+             openapi_extra=access("user"))
+def accept_invitation(id: uuid.UUID, principal: PrincipalDep,  # noqa: A002
+                      db: SessionDep) -> MembershipOut:
+    """Accept an invitation: you join its organisation with its role (404: not yours)."""
+    m, org = identity.accept_invitation(db, principal, id)
+    return MembershipOut(org_id=org.id, org_name=org.name, role=m.role)
+
+
+@router.post("/invitations/{id}/decline", status_code=204, openapi_extra=access("user"))
+def decline_invitation(id: uuid.UUID, principal: PrincipalDep,  # noqa: A002
+                       db: SessionDep) -> Response:
+    """Decline an invitation (404: not yours)."""
+    identity.decline_invitation(db, principal, id)
     return Response(status_code=204)

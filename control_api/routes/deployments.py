@@ -7,13 +7,16 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
-from control_api.errors import Unprocessable
+from control_api.errors import NotFound, Unprocessable
 from control_api.ports import NO_DATA_PLANE, DataPlane, RenderServeConfig
 from control_api.schemas.deployments import (
     MAX_YAML_CHARS,
+    SECRET_MASK,
     DeploymentList,
     DeploymentOut,
     DeploymentWrite,
@@ -22,6 +25,7 @@ from control_api.schemas.deployments import (
 )
 from control_api.serve_client import ServeClient, client_from_settings
 from control_api.services import deployments as svc
+from core.models import Deployment
 from core.spec import DeploymentFile, SpecError, SpecIssue, parse_spec
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -112,6 +116,24 @@ async def _read_spec(request: Request) -> Any:
     return parse_mapping(write.spec)
 
 
+def keep_stored_secrets(db: Session, spec: DeploymentFile) -> DeploymentFile:
+    """``env`` values written back as ``***`` (as every answer shows them) keep the stored
+    value; a ``***`` with no stored value is refused."""
+    out = []
+    for dep in spec.deployments:
+        masked = [k for k, v in dep.env.items() if v == SECRET_MASK]
+        if masked:
+            stored = db.scalar(select(Deployment.spec).where(Deployment.name == dep.name))
+            old_env = (stored or {}).get("env") or {}
+            missing = [k for k in masked if k not in old_env]
+            if missing:
+                raise Unprocessable(f"env {', '.join(missing)}: `***` keeps a stored value, "
+                                    f"and {dep.name!r} has none", code=INVALID)
+            dep = dep.model_copy(update={"env": {**dep.env, **{k: old_env[k] for k in masked}}})
+        out.append(dep)
+    return spec.model_copy(update={"deployments": out})
+
+
 @router.post("", response_model=DeploymentWriteResult,
              openapi_extra={**access("platform_admin"), **_WRITE_BODY})
 async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
@@ -127,7 +149,7 @@ async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
     serve_client, render = serve_client_of(request), renderer_of(request)
 
     def write() -> DeploymentWriteResult:
-        results = svc.upsert(db, principal, spec, now)
+        results = svc.upsert(db, principal, keep_stored_secrets(db, spec), now)
         if any(r.change != "unchanged" for r in results):
             svc.apply_all(db, serve_client, render, now)
         shown = svc.views(db, [r.deployment for r in results])
@@ -143,8 +165,10 @@ async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
 def list_deployments(principal: PrincipalDep, db: SessionDep,
                      include_deleted: Annotated[bool, Query()] = False) -> DeploymentList:
     """Deployments by name. Platform admins see all; others those open to every org
-    (``allowed_orgs: null``) or to one of theirs. Deleted ones only while ``deleting`` unless
-    ``include_deleted``."""
+    (``allowed_orgs: null``) or to one of theirs; a user in no org sees none. ``env`` values
+    read ``***``. Deleted ones only while ``deleting`` unless ``include_deleted``."""
+    if not (principal.is_platform_admin or principal.roles):
+        return DeploymentList(items=[])  # in no org: "every org" does not include you
     deps = svc.list_deployments(db, principal, include_deleted=include_deleted)
     return DeploymentList(items=[DeploymentOut.of_view(v) for v in svc.views(db, deps)])
 
@@ -154,6 +178,8 @@ def show_deployment(ref: str, principal: PrincipalDep, db: SessionDep) -> Deploy
     """One deployment by name or id (404 if not visible to the caller), with ``scale_cap``
     (the budget guard's cap in force, or null) and ``replica_start`` (the expected start time
     of a new replica the autoscaling policy holds capacity for)."""
+    if not (principal.is_platform_admin or principal.roles):
+        raise NotFound("deployment not found")
     dep = svc.get_deployment(db, principal, ref)
     return DeploymentOut.of_view(svc.views(db, [dep])[0])
 

@@ -1,4 +1,9 @@
-"""Routes under /api/instances."""
+"""Routes under /api/instances.
+
+Instances are the platform's VMs. Platform admins see all of them; other users only the
+instances serving a deployment dedicated to one of their orgs (``allowed_orgs`` naming it), and
+without the network and cloud details (addresses, provider and Ray ids, error messages).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
+from control_api.deps import AdminDep, NowDep, Principal, PrincipalDep, SessionDep, access
 from control_api.errors import InvalidTransition, NotFound
 from control_api.lifecycle import FINAL_STATES, transition
 from control_api.pagination import after_cursor, decode_cursor, page
 from control_api.schemas.fields import DEFAULT_LIMIT, MAX_LIMIT
 from control_api.schemas.instances import InstanceDetail, InstanceList, InstanceOut, TerminateIn
-from core.models import Instance, InstanceState
+from core.models import Deployment, Instance, InstanceState, Org
 
 router = APIRouter(prefix="/api/instances", tags=["instances"])
 
@@ -31,9 +36,41 @@ def _get(db: Session, instance_id: uuid.UUID) -> Instance:
     return inst
 
 
+def dedicated_deployments(db: Session, principal: Principal) -> list[uuid.UUID]:
+    """Ids of the deployments whose ``allowed_orgs`` names one of the caller's orgs (by id or
+    name). Deployments open to every org are shared: their VMs are not the caller's."""
+    if not principal.roles:
+        return []
+    mine = {str(i) for i in principal.roles} | set(
+        db.scalars(select(Org.name).where(Org.id.in_(list(principal.roles)))))
+    out = []
+    for dep_id, spec in db.execute(select(Deployment.id, Deployment.spec)).tuples():
+        allowed = (spec or {}).get("allowed_orgs")
+        if isinstance(allowed, list) and any(str(ref) in mine for ref in allowed):
+            out.append(dep_id)
+    return out
+
+
+def _visible(db: Session, principal: Principal, instance_id: uuid.UUID) -> Instance:
+    inst = _get(db, instance_id)
+    if not principal.is_platform_admin and (
+            inst.deployment_id is None
+            or inst.deployment_id not in dedicated_deployments(db, principal)):
+        raise NotFound("instance not found")
+    return inst
+
+
+_PRIVATE = {"provider_instance_id": None, "ray_node_id": None, "private_ip": None,
+            "public_ip": None, "error_message": None}
+
+
+def _shown(out: InstanceOut, principal: Principal) -> InstanceOut:
+    return out if principal.is_platform_admin else out.model_copy(update=_PRIVATE)
+
+
 @router.get("", response_model=InstanceList, openapi_extra=access("user"))
 def list_instances(
-    _: PrincipalDep,
+    principal: PrincipalDep,
     db: SessionDep,
     state: Annotated[InstanceState | None, Query()] = None,
     provider: CodeQuery = None,
@@ -43,8 +80,11 @@ def list_instances(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> InstanceList:
-    """Instances, newest first, filtered; ``next_cursor`` fetches the following page."""
+    """Instances, newest first, filtered; ``next_cursor`` fetches the following page.
+    Platform admins see all; others those of deployments dedicated to their orgs."""
     stmt = select(Instance)
+    if not principal.is_platform_admin:
+        stmt = stmt.where(Instance.deployment_id.in_(dedicated_deployments(db, principal)))
     if state is not None:
         stmt = stmt.where(Instance.state == state)
     if provider is not None:
@@ -58,13 +98,17 @@ def list_instances(
     after = decode_cursor(cursor, uuid.UUID) if cursor is not None else None
     stmt = after_cursor(stmt, Instance.created_at, Instance.id, after).limit(limit + 1)
     items, next_cursor = page(list(db.scalars(stmt)), limit)
-    return InstanceList(items=[InstanceOut.of(i) for i in items], next_cursor=next_cursor)
+    return InstanceList(items=[_shown(InstanceOut.of(i), principal) for i in items],
+                        next_cursor=next_cursor)
 
 
 @router.get("/{instance_id}", response_model=InstanceDetail, openapi_extra=access("user"))
-def get_instance(instance_id: uuid.UUID, _: PrincipalDep, db: SessionDep) -> InstanceDetail:
-    """One instance with its state history and billing intervals."""
-    return InstanceDetail.of(_get(db, instance_id))
+def get_instance(instance_id: uuid.UUID, principal: PrincipalDep,
+                 db: SessionDep) -> InstanceDetail:
+    """One instance with its state history and billing intervals (404 unless visible)."""
+    shown = _shown(InstanceDetail.of(_visible(db, principal, instance_id)), principal)
+    assert isinstance(shown, InstanceDetail)
+    return shown
 
 
 @router.post("/{instance_id}/terminate", response_model=InstanceDetail,

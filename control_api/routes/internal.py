@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from control_api.deps import ServiceDep, SessionDep, access
+from control_api.deps import IngressDep, NodeProviderDep, SessionDep, access
 from control_api.services import internal as service
 from core.db import utcnow
 from core.wire import (
@@ -24,8 +24,9 @@ router = APIRouter(prefix="/api/internal", tags=["internal"])
 
 @router.post("/lifecycle-events", openapi_extra=access("service"))
 def post_lifecycle_events(body: LifecycleEventsRequest, db: SessionDep,
-                          caller: ServiceDep) -> LifecycleEventsResult:
-    """Apply instance lifecycle events (each at most once, by ``event_id``)."""
+                          caller: NodeProviderDep) -> LifecycleEventsResult:
+    """Apply instance lifecycle events (each at most once, by ``event_id``). Scope
+    ``node-provider`` or ``reconciler``."""
     result = service.apply_lifecycle_events(db, body.events, actor=caller.component)
     # Commit before answering: a 2xx tells the client it may delete its spooled copy.
     db.commit()
@@ -33,8 +34,10 @@ def post_lifecycle_events(body: LifecycleEventsRequest, db: SessionDep,
 
 
 @router.post("/usage", openapi_extra=access("service"))
-def post_usage(body: UsageRequest, db: SessionDep, caller: ServiceDep) -> UsageResult:
-    """Record usage (one row per ``request_id``; repeated ids are counted as duplicates)."""
+def post_usage(body: UsageRequest, db: SessionDep, caller: IngressDep) -> UsageResult:
+    """Record usage (one row per ``request_id``; repeated ids are counted as duplicates;
+    records whose key is not in their org are refused, listed in ``rejected``). Scope
+    ``ingress``."""
     result = service.insert_usage(db, body.records)
     db.commit()
     return result
@@ -42,8 +45,9 @@ def post_usage(body: UsageRequest, db: SessionDep, caller: ServiceDep) -> UsageR
 
 @router.post("/keys/verify", openapi_extra=access("service"))
 def post_keys_verify(body: KeyVerifyRequest, db: SessionDep,
-                     caller: ServiceDep) -> KeyVerifyResult:
-    """Resolve an API key hash to its principal; 404 for unknown, revoked or expired keys."""
+                     caller: IngressDep) -> KeyVerifyResult:
+    """Resolve an API key hash to its principal; 404 for unknown, revoked or expired keys and
+    keys whose owner may no longer hold them. Scope ``ingress``."""
     result = service.verify_key(db, body.key_hash, now=utcnow())
     db.commit()
     return result

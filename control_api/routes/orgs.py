@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from control_api.deps import AdminDep, PrincipalDep, SessionDep, access
 from control_api.schemas.identity import (
     MemberAdd,
+    MemberInvited,
     MemberList,
     MemberOut,
     MemberUpdate,
@@ -74,14 +75,24 @@ def list_members(id: uuid.UUID, principal: PrincipalDep, db: SessionDep) -> Memb
     return MemberList(items=[_member(m, u) for m, u in identity.list_members(db, org.id)])
 
 
-@router.post("/{id}/members", response_model=MemberOut, status_code=201,
-             openapi_extra=access("org:admin"))
+@router.post("/{id}/members", response_model=MemberOut | MemberInvited, status_code=201,
+             openapi_extra=access("org:admin"),
+             responses={202: {"model": MemberInvited,
+                              "description": "invited (org admins): the user joins once they "
+                                             "accept; the same answer for unknown users"}})
 def add_member(id: uuid.UUID, body: MemberAdd, principal: PrincipalDep,  # noqa: A002
-               db: SessionDep) -> MemberOut:
-    """Add a user with a role; only an owner may grant ``owner``."""
+               db: SessionDep, response: Response) -> MemberOut | MemberInvited:
+    """Org admins invite (202, the user accepts with ``POST /api/auth/invitations/{id}/accept``;
+    the answer does not tell whether the user exists); platform admins add directly (201).
+    Only an owner may grant ``owner``."""
     org = identity.visible_org(db, principal, id)
-    return _member(*identity.add_member(db, principal, org, user_id=body.user_id,
-                                        username=body.username, role=body.role))
+    if principal.is_platform_admin:
+        return _member(*identity.add_member(db, principal, org, user_id=body.user_id,
+                                            username=body.username, role=body.role))
+    identity.invite_member(db, principal, org, user_id=body.user_id, username=body.username,
+                           role=body.role)
+    response.status_code = 202
+    return MemberInvited()
 
 
 @router.patch("/{id}/members/{user_id}", response_model=MemberOut,

@@ -35,9 +35,12 @@ def list_tokens(admin: AdminDep, db: SessionDep) -> ServiceTokenList:
              openapi_extra=access("platform_admin"))
 def create_token(body: ServiceTokenCreate, admin: AdminDep, db: SessionDep
                  ) -> ServiceTokenCreated:
-    """Create a token; ``token`` is shown in this response only."""
+    """Create a token with its ``scopes`` (default: the one its component names:
+    ``node-provider``, ``ingress`` or ``reconciler``); ``token`` is shown in this response
+    only."""
     tok, secret = identity.create_service_token(db, admin, name=body.name,
-                                                component=body.component)
+                                                component=body.component,
+                                                scopes=list(body.scopes or []) or None)
     return ServiceTokenCreated(**_out(tok).model_dump(), token=secret)
 
 

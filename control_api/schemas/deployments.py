@@ -12,6 +12,17 @@ if TYPE_CHECKING:  # the wire format loads no SQLAlchemy (see control_api.schema
     from core.models import Deployment
 
 MAX_YAML_CHARS = 256 * 1024
+# What an ``env`` value reads as in every answer: values are write-only (they hold secrets such
+# as HF_TOKEN). Writing it back keeps the stored value.
+SECRET_MASK = "***"  # noqa: S105 - the mask, not a secret
+
+
+def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The stored spec with every ``env`` value replaced by ``***`` (names are kept)."""
+    env = spec.get("env")
+    if not isinstance(env, dict) or not env:
+        return spec
+    return {**spec, "env": dict.fromkeys(env, SECRET_MASK)}
 
 
 class DeploymentWrite(BaseModel):
@@ -57,7 +68,7 @@ class DeploymentOut(BaseModel):
     version: int
     status: str
     status_message: str | None
-    spec: dict[str, Any]
+    spec: dict[str, Any] = Field(description="The stored spec; `env` values read `***`.")
     model_id: uuid.UUID | None = Field(
         default=None, description="The `models` row of the served model name (spec.model.name).")
     scale_cap: ScaleCapOut | None = Field(
@@ -75,7 +86,7 @@ class DeploymentOut(BaseModel):
         estimate (``autoscaler.startup.StartupEstimate``)."""
         return cls(
             id=d.id, name=d.name, version=d.version, status=d.status,
-            status_message=d.status_message, spec=d.spec, model_id=d.model_id,
+            status_message=d.status_message, spec=masked_spec(d.spec), model_id=d.model_id,
             scale_cap=None if scale_cap is None else ScaleCapOut(
                 replicas=scale_cap.replicas, reason=scale_cap.reason, since=scale_cap.since),
             replica_start=None if replica_start is None else ReplicaStartOut(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -199,6 +199,27 @@ class MemberList(BaseModel):
     items: list[MemberOut]
 
 
+class MemberInvited(BaseModel):
+    """The answer to an org admin's ``POST /api/orgs/{id}/members``: the same whether or not
+    the user exists (no username enumeration). The user joins once they accept."""
+
+    status: str = Field(default="invited", description="Always `invited`.")
+    message: str = "if this user exists and is not a member yet, they were invited; they " \
+                   "join the organisation once they accept"
+
+
+class InvitationOut(BaseModel):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    org_name: str
+    role: Role
+    created_at: datetime
+
+
+class InvitationList(BaseModel):
+    items: list[InvitationOut]
+
+
 # ---------------------------------------------------------------- API keys
 
 
@@ -245,9 +266,14 @@ class ApiKeyList(BaseModel):
 # ---------------------------------------------------------------- service tokens
 
 
+ServiceScope = Literal["node-provider", "ingress", "reconciler"]
+
+
 class ServiceTokenCreate(_Request):
     name: ShortName
     component: Component
+    # Internal routes the token may call; default: the scope its component names.
+    scopes: Annotated[list[ServiceScope], Field(min_length=1, max_length=3)] | None = None
 
 
 class ServiceTokenOut(BaseModel):
@@ -255,6 +281,7 @@ class ServiceTokenOut(BaseModel):
     prefix: str
     name: str
     component: str
+    scopes: list[str] | None = None
     created_at: datetime
     revoked_at: datetime | None
     last_used_at: datetime | None

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,12 +30,13 @@ from control_api.errors import (
 from control_api.security import JwtCodec, Passwords
 from control_api.throttle import LoginThrottle
 from core.db import utcnow
-from core.keys import generate_api_key, generate_service_token
+from core.keys import SERVICE_SCOPES, generate_api_key, generate_service_token
 from core.models import (
     ActionLog,
     ApiKey,
     Membership,
     Org,
+    OrgInvitation,
     Role,
     ServiceToken,
     User,
@@ -105,7 +106,7 @@ def login(db: Session, *, passwords: Passwords, jwt_codec: JwtCodec, throttle: L
     if passwords.needs_rehash(user.password_hash):
         # Parameters changed since this hash was made: upgrade it while we hold the password.
         user.password_hash = passwords.hash(password)
-    throttle.clear_account(db, account)
+    throttle.clear_account(db, account, ip)
     now = utcnow()
     sess = UserSession(user_id=user.id, created_at=now,
                        expires_at=now + timedelta(seconds=ttl_seconds), ip=ip[:64],
@@ -245,15 +246,22 @@ def update_user(db: Session, passwords: Passwords, actor: Principal, user: User,
 
 
 def delete_user(db: Session, actor: Principal, user: User) -> None:
-    """Delete a user; refused for the last platform admin and for an org's only owner."""
+    """Delete a user; refused for the last platform admin and for an org's only owner.
+
+    Their API keys are revoked with them (the rows stay, owner null, for the org's records),
+    so a deleted user's key can never verify again."""
     if user.is_platform_admin and _platform_admins_left(db, user.id) == 0:
         raise Conflict("the last active platform admin cannot be deleted")
     for m in db.scalars(select(Membership).where(Membership.user_id == user.id,
                                                  Membership.role == Role.OWNER)):
         if _owners(db, m.org_id) <= 1:
             raise Conflict("user is the only owner of an organisation; transfer ownership first")
+    revoked = db.execute(update(ApiKey).where(ApiKey.user_id == user.id,
+                                              ApiKey.revoked_at.is_(None))
+                         .values(revoked_at=utcnow())).rowcount or 0  # type: ignore[attr-defined]
     log_action(db, "user.delete", user_id=actor.user_id,
-               details={"target_user_id": str(user.id), "username": user.username})
+               details={"target_user_id": str(user.id), "username": user.username,
+                        "revoked_api_keys": revoked})
     db.delete(user)
     db.flush()
 
@@ -338,17 +346,19 @@ def _require_owner_change_allowed(actor: Principal, org_id: uuid.UUID, *roles: R
         actor.require_role(org_id, Role.OWNER)
 
 
+def _user_by_ref(db: Session, user_id: uuid.UUID | None, username: str | None) -> User | None:
+    if user_id is not None:
+        return db.get(User, user_id)
+    if username is not None:
+        return db.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    raise Unprocessable("give exactly one of username or user_id")
+
+
 def add_member(db: Session, actor: Principal, org: Org, *, user_id: uuid.UUID | None,
                username: str | None, role: Role) -> tuple[Membership, User]:
-    """Add a user (by id or username) with a role: admin+, and owner to grant owner."""
-    actor.require_role(org.id, Role.ADMIN)
-    _require_owner_change_allowed(actor, org.id, role)
-    if user_id is not None:
-        user = db.get(User, user_id)
-    elif username is not None:
-        user = db.scalar(select(User).where(func.lower(User.username) == username.lower()))
-    else:
-        raise Unprocessable("give exactly one of username or user_id")
+    """Add a user directly (platform admins only: they see every user anyway)."""
+    actor.require_platform_admin()
+    user = _user_by_ref(db, user_id, username)
     if user is None:
         raise NotFound("user not found")
     if db.scalar(select(Membership.id).where(Membership.org_id == org.id,
@@ -360,9 +370,80 @@ def add_member(db: Session, actor: Principal, org: Org, *, user_id: uuid.UUID | 
         db.flush()
     except IntegrityError:
         raise Conflict("user is already a member of this organisation") from None
+    db.execute(delete(OrgInvitation).where(OrgInvitation.org_id == org.id,
+                                           OrgInvitation.user_id == user.id))
     log_action(db, "member.add", user_id=actor.user_id, org_id=org.id,
                details={"target_user_id": str(user.id), "role": role.value})
     return m, user
+
+
+def invite_member(db: Session, actor: Principal, org: Org, *, user_id: uuid.UUID | None,
+                  username: str | None, role: Role) -> None:
+    """Invite a user (admin+; owner to invite as owner). The membership exists only once they
+    accept. The answer is the same whether or not the user exists or is already a member, so
+    it cannot be used to enumerate usernames; the invitee's email is shown only after they
+    join."""
+    actor.require_role(org.id, Role.ADMIN)
+    _require_owner_change_allowed(actor, org.id, role)
+    user = _user_by_ref(db, user_id, username)
+    details: dict[str, Any] = {"role": role.value, "username": username,
+                               "target_user_id": str(user_id) if user_id else None}
+    if user is not None and user.is_active and db.scalar(select(Membership.id).where(
+            Membership.org_id == org.id, Membership.user_id == user.id)) is None:
+        inv = db.scalar(select(OrgInvitation).where(OrgInvitation.org_id == org.id,
+                                                    OrgInvitation.user_id == user.id))
+        if inv is None:
+            db.add(OrgInvitation(org_id=org.id, user_id=user.id, role=role,
+                                 invited_by=actor.user_id))
+        else:
+            inv.role, inv.invited_by, inv.created_at = role, actor.user_id, utcnow()
+        db.flush()
+        details["target_user_id"] = str(user.id)
+        details["invited"] = True
+    else:
+        details["invited"] = False
+    log_action(db, "member.invite", user_id=actor.user_id, org_id=org.id, details=details)
+
+
+def invitations_of(db: Session, user_id: uuid.UUID) -> list[tuple[OrgInvitation, Org]]:
+    """The user's pending invitations with their orgs, by org name."""
+    return list(db.execute(
+        select(OrgInvitation, Org).join(Org, Org.id == OrgInvitation.org_id)
+        .where(OrgInvitation.user_id == user_id).order_by(Org.name)).tuples())
+
+
+def _my_invitation(db: Session, principal: Principal, invitation_id: uuid.UUID) -> OrgInvitation:
+    inv = db.get(OrgInvitation, invitation_id)
+    if inv is None or inv.user_id != principal.user_id:
+        raise NotFound("invitation not found")
+    return inv
+
+
+def accept_invitation(db: Session, principal: Principal,
+                      invitation_id: uuid.UUID) -> tuple[Membership, Org]:
+    """The invited user joins the org with the invitation's role."""
+    inv = _my_invitation(db, principal, invitation_id)
+    org = db.get(Org, inv.org_id)
+    assert org is not None  # the invitation cascades with its org
+    m = db.scalar(select(Membership).where(Membership.org_id == inv.org_id,
+                                           Membership.user_id == principal.user_id))
+    if m is None:
+        m = Membership(user_id=principal.user_id, org_id=inv.org_id, role=inv.role)
+        db.add(m)
+    db.delete(inv)
+    db.flush()
+    log_action(db, "member.add", user_id=principal.user_id, org_id=org.id,
+               details={"target_user_id": str(principal.user_id), "role": m.role.value,
+                        "via": "invitation"})
+    return m, org
+
+
+def decline_invitation(db: Session, principal: Principal, invitation_id: uuid.UUID) -> None:
+    inv = _my_invitation(db, principal, invitation_id)
+    org_id = inv.org_id
+    db.delete(inv)
+    db.flush()
+    log_action(db, "member.decline", user_id=principal.user_id, org_id=org_id)
 
 
 def _membership(db: Session, org_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Membership, User]:
@@ -419,7 +500,8 @@ def default_org_for(db: Session, principal: Principal) -> uuid.UUID:
 def create_api_key(db: Session, principal: Principal, *, org_id: uuid.UUID | None, name: str,
                    expires_at: datetime | None, allowed_models: list[str] | None,
                    rpm_limit: int | None, tpm_limit: int | None,
-                   monthly_budget_eur: Decimal | None, now: datetime) -> tuple[ApiKey, str]:
+                   monthly_budget_eur: Decimal | None, now: datetime,
+                   checksum_secret: bytes = b"") -> tuple[ApiKey, str]:
     """Create a key in an org where the caller is member+; returns the row and the secret."""
     if org_id is None:
         org_id = default_org_for(db, principal)
@@ -429,7 +511,7 @@ def create_api_key(db: Session, principal: Principal, *, org_id: uuid.UUID | Non
     principal.require_role(org_id, Role.MEMBER)
     if expires_at is not None and expires_at <= now:
         raise Unprocessable("expires_at: must be in the future")
-    secret = generate_api_key()
+    secret = generate_api_key(checksum_secret)
     key = ApiKey(org_id=org_id, user_id=principal.user_id, name=name, prefix=secret.prefix,
                  key_hash=secret.hash, expires_at=expires_at, allowed_models=allowed_models,
                  rpm_limit=rpm_limit, tpm_limit=tpm_limit, monthly_budget_eur=monthly_budget_eur,
@@ -484,14 +566,25 @@ def revoke_api_key(db: Session, principal: Principal, key: ApiKey) -> ApiKey:
 # ---------------------------------------------------------------- service tokens
 
 
-def create_service_token(db: Session, actor: Principal, *, name: str,
-                         component: str) -> tuple[ServiceToken, str]:
-    """Create a data-plane token; returns the row and the secret (shown once)."""
+def default_scopes(component: str) -> list[str]:
+    """The scope a component's name implies (``node_provider`` -> ``node-provider``)."""
+    scope = component.replace("_", "-")
+    if scope not in SERVICE_SCOPES:
+        raise Unprocessable(f"scopes: required (component {component!r} names none of "
+                            f"{', '.join(SERVICE_SCOPES)})", code="scopes_required")
+    return [scope]
+
+
+def create_service_token(db: Session, actor: Principal, *, name: str, component: str,
+                         scopes: list[str] | None = None) -> tuple[ServiceToken, str]:
+    """Create a data-plane token with its scopes (default: the one its component names);
+    returns the row and the secret (shown once)."""
     if db.scalar(select(ServiceToken.id).where(ServiceToken.name == name)) is not None:
         raise Conflict("a service token with this name already exists")
+    scopes = sorted(set(scopes)) if scopes else default_scopes(component)
     secret = generate_service_token()
     tok = ServiceToken(name=name, component=component, prefix=secret.prefix,
-                       token_hash=secret.hash)
+                       token_hash=secret.hash, scopes=scopes)
     db.add(tok)
     try:
         db.flush()
@@ -499,7 +592,7 @@ def create_service_token(db: Session, actor: Principal, *, name: str,
         raise Conflict("a service token with this name already exists") from None
     log_action(db, "service_token.create", user_id=actor.user_id,
                details={"service_token_id": str(tok.id), "name": name, "component": component,
-                        "prefix": tok.prefix})
+                        "prefix": tok.prefix, "scopes": scopes})
     return tok, secret.secret
 
 

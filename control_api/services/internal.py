@@ -36,9 +36,11 @@ from core.models import (
     Instance,
     InstanceState,
     InstanceStateHistory,
+    Membership,
+    Org,
     ProcessedEvent,
     Provider,
-    UsageRecord,
+    Role,
     User,
 )
 from core.wire import (
@@ -47,8 +49,10 @@ from core.wire import (
     LifecycleEventIn,
     LifecycleEventsResult,
     UsageRecordIn,
+    UsageRejection,
     UsageResult,
 )
+from finops.ingest import insert_usage_rows
 
 log = logging.getLogger(__name__)
 
@@ -340,31 +344,52 @@ def _billing_log(session: Session, inst: Instance, kind: str, ev: LifecycleEvent
 # ---------------------------------------------------------------- usage
 
 
+def _attribution_problem(r: UsageRecordIn, key_orgs: dict[uuid.UUID, uuid.UUID]) -> str | None:
+    """Why a record's key/org attribution cannot be stored (None: it can)."""
+    if r.api_key_id is None:
+        return "org_without_key" if r.org_id is not None else None
+    org = key_orgs.get(r.api_key_id)
+    if org is None:
+        return "unknown_api_key"
+    if r.org_id is not None and r.org_id != org:
+        return "key_org_mismatch"
+    return None
+
+
 def insert_usage(session: Session, records: Sequence[UsageRecordIn]) -> UsageResult:
-    """Insert usage records, ignoring request ids already stored (or repeated in the batch)."""
+    """Insert usage records, ignoring request ids already stored (or repeated in the batch).
+
+    A record must be attributed consistently: its API key exists and belongs to the record's
+    org (a record without an org gets its key's). Others are refused (``rejected``, each with
+    a code), so no token can charge one org's usage to another's key.
+    """
     unique: dict[str, UsageRecordIn] = {}
     for r in records:
         unique.setdefault(r.request_id, r)
-    rows = [r.model_dump() for r in unique.values()]
-    dialect = session.get_bind().dialect.name
-    inserted = 0
-    for i in range(0, len(rows), USAGE_CHUNK):
-        chunk = rows[i : i + USAGE_CHUNK]
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt: Any = pg_insert(UsageRecord).values(chunk).on_conflict_do_nothing(
-                index_elements=[UsageRecord.request_id])
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(UsageRecord).values(chunk).on_conflict_do_nothing(
-                index_elements=[UsageRecord.request_id])
-        else:  # pragma: no cover - only Postgres and SQLite are supported
-            raise NotImplementedError(f"usage insert not implemented for {dialect}")
-        # RETURNING lists only the rows actually inserted, on both backends.
-        inserted += len(session.execute(stmt.returning(UsageRecord.request_id)).all())
-    return UsageResult(inserted=inserted, duplicates=len(records) - inserted)
+    key_ids = list({r.api_key_id for r in unique.values() if r.api_key_id is not None})
+    key_orgs: dict[uuid.UUID, uuid.UUID] = {}
+    for i in range(0, len(key_ids), USAGE_CHUNK):
+        key_orgs.update(session.execute(select(ApiKey.id, ApiKey.org_id).where(
+            ApiKey.id.in_(key_ids[i : i + USAGE_CHUNK]))).tuples().all())
+    rejected: list[UsageRejection] = []
+    rows = []
+    for r in unique.values():
+        problem = _attribution_problem(r, key_orgs)
+        if problem is not None:
+            rejected.append(UsageRejection(request_id=r.request_id, code=problem))
+            continue
+        row = r.model_dump()
+        if r.api_key_id is not None:
+            row["org_id"] = key_orgs[r.api_key_id]
+        rows.append(row)
+    # One array-parameter statement on Postgres (finops.ingest): building a multi-VALUES
+    # statement of thousands of parameters was ~80 % of the ingest time.
+    inserted = len(insert_usage_rows(session, rows))
+    if rejected:
+        log.warning("usage: %d record(s) refused for inconsistent key/org attribution",
+                    len(rejected))
+    return UsageResult(inserted=inserted, duplicates=len(records) - inserted - len(rejected),
+                       rejected=rejected)
 
 
 # ---------------------------------------------------------------- key verification
@@ -373,8 +398,12 @@ def insert_usage(session: Session, records: Sequence[UsageRecordIn]) -> UsageRes
 def verify_key(session: Session, key_hash: str, *, now: datetime | None = None) -> KeyVerifyResult:
     """The principal behind an API key hash, with its limits and what is left of its budget.
 
-    Unknown, revoked, expired keys and keys of disabled users raise ``NotFound`` with the codes
-    ``invalid_api_key``, ``revoked_api_key``, ``expired_api_key``, ``disabled_api_key``.
+    A key verifies only while its owner exists, is active, and is a member of the key's org
+    with a role that may hold keys (``KEY_HOLDING_ROLES``): removing the owner from the org,
+    demoting them to viewer, disabling or deleting them ends the key (within the ingress's
+    cache TTL). Unknown, revoked, expired keys raise ``NotFound`` with the codes
+    ``invalid_api_key``, ``revoked_api_key``, ``expired_api_key``; the others
+    ``disabled_api_key``.
     """
     now = now or utcnow()
     key = session.scalar(select(ApiKey).where(ApiKey.key_hash == key_hash))
@@ -384,20 +413,43 @@ def verify_key(session: Session, key_hash: str, *, now: datetime | None = None) 
         raise NotFound("API key revoked", code="revoked_api_key")
     if key.expires_at is not None and key.expires_at <= now:
         raise NotFound("API key expired", code="expired_api_key")
-    if key.user_id is not None:
-        owner = session.get(User, key.user_id)
-        if owner is not None and not owner.is_active:
-            raise NotFound("the owner of this API key is disabled", code="disabled_api_key")
+    problem = key_holder_problem(session, key)
+    if problem is not None:
+        raise NotFound(problem, code="disabled_api_key")
     _touch_last_used(session, key, now)
     spent = _month_spend(session, key.id, now)
     budget = key.monthly_budget_eur
     left = max(Decimal(0), budget - spent) if budget is not None else None
     return KeyVerifyResult(
-        valid=True, api_key_id=key.id, org_id=key.org_id, user_id=key.user_id, name=key.name,
+        valid=True, api_key_id=key.id, org_id=key.org_id,
+        org_name=session.scalar(select(Org.name).where(Org.id == key.org_id)),
+        user_id=key.user_id, name=key.name,
         allowed_models=key.allowed_models, rpm_limit=key.rpm_limit, tpm_limit=key.tpm_limit,
         monthly_budget_eur=budget, spent_this_month_eur=spent, budget_left_eur=left,
         expires_at=key.expires_at,
     )
+
+
+# Roles whose members may create and use API keys (viewers may not).
+KEY_HOLDING_ROLES = frozenset({Role.MEMBER, Role.ADMIN, Role.OWNER})
+
+
+def key_holder_problem(session: Session, key: ApiKey) -> str | None:
+    """Why ``key``'s owner may not use it now (None: they may)."""
+    if key.user_id is None:
+        return "the owner of this API key was deleted"
+    owner = session.get(User, key.user_id)
+    if owner is None:
+        return "the owner of this API key was deleted"
+    if not owner.is_active:
+        return "the owner of this API key is disabled"
+    role = session.scalar(select(Membership.role).where(Membership.user_id == owner.id,
+                                                        Membership.org_id == key.org_id))
+    if role is None:
+        return "the owner of this API key is no longer a member of its organisation"
+    if role not in KEY_HOLDING_ROLES:
+        return "the owner's role in this organisation may not hold API keys"
+    return None
 
 
 def _touch_last_used(session: Session, key: ApiKey, now: datetime) -> None:

@@ -38,6 +38,7 @@ from core.models import (
     ApiKey,
     Instance,
     InstanceType,
+    OrgInvitation,
     Role,
     ServiceToken,
 )
@@ -117,6 +118,8 @@ class World:
     instance_id: uuid.UUID
     instance_type_id: uuid.UUID
     roles_in_a: dict[str, Role | None] = field(default_factory=dict)
+    # An invitation into A for the platform caller (the only one who may accept it).
+    invitation_id: uuid.UUID | None = None
 
 
 # Callers from least to most privileged: destructive calls by sufficient callers come last.
@@ -144,14 +147,16 @@ def build_world(factory: Factory) -> World:
         assert it is not None, "catalog seed missing"
         inst = Instance(launch_id=f"launch-{uuid.uuid4().hex}", cluster_name="matrix",
                         provider_code=it.provider_code, instance_type_name=it.name)
-        s.add_all([row, st, inst])
+        inv = OrgInvitation(org_id=a, user_id=callers["platform"].id, role=Role.VIEWER)
+        s.add_all([row, st, inst, inv])
         s.flush()
         ids = row.id, st.id, inst.id, it.id
+        invitation_id = inv.id
     return World(org_a=a, org_b=b, callers=callers, target_user=target, outsider=outsider,
                  api_key_id=ids[0], api_key_secret=key.secret, service_token_id=ids[1],
                  instance_id=ids[2], instance_type_id=ids[3],
                  roles_in_a={**{n: r for n, r in ROLE_OF.items()}, "foreign": None,
-                             "platform": None})
+                             "platform": None}, invitation_id=invitation_id)
 
 
 # Path parameters: (path prefix, parameter name) -> object of org A (or global). The longest
@@ -165,6 +170,7 @@ PATH_PARAMS: dict[tuple[str, str], PathResolver] = {
     ("/api/service-tokens", "id"): lambda w: w.service_token_id,
     ("/api/instances", "id"): lambda w: w.instance_id,
     ("/api/catalog/instance-types", "id"): lambda w: w.instance_type_id,
+    ("/api/auth/invitations", "id"): lambda w: w.invitation_id,
 }
 PARAMS_BY_NAME: dict[str, PathResolver] = {
     "org_id": lambda w: w.org_a,

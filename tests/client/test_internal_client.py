@@ -26,6 +26,7 @@ from core.models import (
     Org,
     ProcessedEvent,
     UsageRecord,
+    User,
 )
 from core.wire import LifecycleEventIn, UsageRecordIn
 from tests.client.conftest import FaultyProxy, ServerThread
@@ -104,8 +105,11 @@ def _key(db: sessionmaker[Session], **fields: Any) -> tuple[str, uuid.UUID]:
     with db() as s, s.begin():
         org = s.scalar(select(Org).where(Org.name == "default"))
         assert org is not None
+        # Owned by the bootstrap admin (owner of "default"): a key without an active,
+        # key-holding owner never verifies.
+        owner = s.scalar(select(User.id).where(User.username == "admin"))
         key = ApiKey(org_id=org.id, name="k", prefix=secret.prefix, key_hash=secret.hash,
-                     **fields)
+                     user_id=owner, **fields)
         s.add(key)
         s.flush()
         return secret.hash, key.id
@@ -213,7 +217,8 @@ def test_lost_response_without_retries_spools_then_replays_as_duplicates(
     assert sent.spooled_batches == 1
     assert count(db, UsageRecord) == 6  # applied although the client never heard back
     report = client.replay()
-    assert report.sent_batches == 1 and report.results == [{"inserted": 0, "duplicates": 6}]
+    assert report.sent_batches == 1
+    assert report.results == [{"inserted": 0, "duplicates": 6, "rejected": []}]
     client.close()
     assert count(db, UsageRecord) == 6
 

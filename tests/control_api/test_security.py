@@ -164,8 +164,13 @@ def test_revoked_and_expired_sessions_are_rejected(
 
 
 def test_api_key_format_and_checksum() -> None:
-    key = generate_api_key()
-    assert key.secret.startswith(KEY_PREFIX) and api_key_well_formed(key.secret)
+    secret = b"server-secret-for-the-checksum"
+    key = generate_api_key(secret)
+    assert key.secret.startswith(KEY_PREFIX) and api_key_well_formed(key.secret, secret)
+    # The checksum is keyed: without the secret nobody mints a key that passes.
+    assert not api_key_well_formed(key.secret, b"another secret")
+    assert not api_key_well_formed(generate_api_key().secret, secret)
+    assert api_key_well_formed(key.secret)  # format only, when the secret is not known
     assert key.hash == sha256_hex(key.secret) and key.secret.startswith(key.prefix)
     assert len({generate_api_key().secret for _ in range(50)}) == 50
     body = key.secret[len(KEY_PREFIX):]
@@ -175,7 +180,7 @@ def test_api_key_format_and_checksum() -> None:
             continue
         flipped = BASE62[(BASE62.index(c) + 1) % 62]
         bad = KEY_PREFIX + body[:i] + flipped + body[i + 1:]
-        assert not api_key_well_formed(bad), i
+        assert not api_key_well_formed(bad, secret), i
     assert not api_key_well_formed(key.secret[:-1])
     assert not api_key_well_formed(key.secret + "0")
     assert not api_key_well_formed("sk-" + body)

@@ -24,7 +24,9 @@ def _login(c: TestClient, username: str, password: str):  # noqa: ANN202
 
 
 def _set_cookie_header(r) -> str:  # noqa: ANN001
-    headers = [v for k, v in r.headers.multi_items() if k.lower() == "set-cookie"]
+    # The session cookie (the CSRF double-submit cookie is set beside it).
+    headers = [v for k, v in r.headers.multi_items() if k.lower() == "set-cookie"
+               and not v.startswith("inventiv_csrf=")]
     assert len(headers) == 1, headers
     return headers[0]
 
@@ -171,7 +173,9 @@ def test_cookie_attributes_secure_follow_host_prefix_rules(secure_app: TestClien
     assert not any(a.startswith("domain") for a in attrs)
     # The cookie alone authenticates, and logout clears it (same attributes, expired).
     assert secure_app.get("/api/auth/me").status_code == 200
-    out = secure_app.post("/api/auth/logout")
+    # (A cookie-authenticated POST: same origin, and JSON or the CSRF token.)
+    out = secure_app.post("/api/auth/logout", headers={"Sec-Fetch-Site": "same-origin",
+                                                       "Content-Type": "application/json"})
     assert out.status_code == 204
     cleared = _set_cookie_header(out).lower()
     assert cleared.startswith("__host-inventiv_session=")
@@ -259,14 +263,17 @@ def test_throttle_per_account(throttled_app: tuple[FastAPI, FakeClock],
     for i in range(3):
         assert _login(c, u.username, f"wrong-{i}").status_code == 401
         clock.advance(10)
-    # Over the limit: even the right password (and from another IP, or via email) is refused.
-    for cl, ident in ((c, u.username), (other_ip, f"{u.username}@example.com")):
-        r = _login(cl, ident, u.password)
+    # Over the limit from this IP: even the right password (or via email) waits the backoff
+    # (1 s doubling per further failure, counted from the last failure 10 s ago: free now+1).
+    for ident in (u.username, f"{u.username}@example.com"):
+        clock.advance(-10)
+        r = _login(c, ident, u.password)
         assert r.status_code == 429, r.text
         assert r.json()["error"]["code"] == "too_many_requests"
-        # The oldest failure was 30 s ago; it leaves the 600 s window in 570 s.
-        assert int(r.headers["retry-after"]) == 570
-    clock.advance(570)
+        assert int(r.headers["retry-after"]) == 1
+        clock.advance(10)
+    # Another IP is not locked out (per account and address).
+    assert _login(other_ip, u.username, u.password).status_code == 200
     assert _login(c, u.username, u.password).status_code == 200
     # A success clears the account's counter.
     for i in range(2):

@@ -163,11 +163,13 @@ def test_garbage_cursor_is_422(client: TestClient, admin: Any, cursor: str) -> N
         assert r.json()["error"]["code"] == "invalid_cursor"
 
 
-def test_members_may_read_instances(client: TestClient, factory: Any) -> None:
+def test_members_see_no_platform_instances(client: TestClient, factory: Any) -> None:
+    # Instances of no deployment dedicated to the viewer's org are the platform's: not shown
+    # (tests/api/test_access_boundary.py covers the dedicated ones).
     viewer = factory.user(factory.org(), Role.VIEWER)
     iid = make_instance(factory)
-    assert [i["id"] for i in _list(client, viewer.headers)["items"]] == [str(iid)]
-    assert client.get(f"/api/instances/{iid}", headers=viewer.headers).status_code == 200
+    assert _list(client, viewer.headers)["items"] == []
+    assert client.get(f"/api/instances/{iid}", headers=viewer.headers).status_code == 404
 
 
 def test_detail_has_ordered_history_and_billing_intervals(client: TestClient, factory: Any,

@@ -343,21 +343,36 @@ def test_lifecycle_bad_input_is_422(client: TestClient, service_headers: dict[st
 # ---------------------------------------------------------------- usage
 
 
+def _real_key(db: sessionmaker[Session]) -> tuple[uuid.UUID, uuid.UUID]:
+    """An API key of a new org (usage records must name a key of their own org)."""
+    from core.models import ApiKey, Org
+
+    with db() as s, s.begin():
+        org = Org(name=f"usage-{uuid.uuid4().hex[:8]}")
+        s.add(org)
+        s.flush()
+        secret = generate_api_key()
+        key = ApiKey(org_id=org.id, name="k", prefix=secret.prefix, key_hash=secret.hash)
+        s.add(key)
+        s.flush()
+        return key.id, org.id
+
+
 def test_usage_duplicates_are_ignored(client: TestClient, service_headers: dict[str, str],
                                       db: sessionmaker[Session]) -> None:
-    key_id, org_id = uuid.uuid4(), uuid.uuid4()
+    key_id, org_id = _real_key(db)
     batch = [usage("u1", api_key_id=str(key_id), org_id=str(org_id)),
              usage("u2", at="2025-03-01T13:00:00+01:00"),
              usage("u3", status="aborted", completion_tokens=0)]
     assert post(client, service_headers, USAGE, {"records": batch}) == {
-        "inserted": 3, "duplicates": 0}
+        "inserted": 3, "duplicates": 0, "rejected": []}
     assert post(client, service_headers, USAGE, {"records": batch}) == {
-        "inserted": 0, "duplicates": 3}
+        "inserted": 0, "duplicates": 3, "rejected": []}
     assert post(client, service_headers, USAGE, {"records": [usage("u4"), usage("u4"),
                                                              usage("u1")]}) == {
-        "inserted": 1, "duplicates": 2}
+        "inserted": 1, "duplicates": 2, "rejected": []}
     assert post(client, service_headers, USAGE, {"records": []}) == {
-        "inserted": 0, "duplicates": 0}
+        "inserted": 0, "duplicates": 0, "rejected": []}
     assert _count(db, UsageRecord) == 4
     with db() as s:
         row = s.scalar(select(UsageRecord).where(UsageRecord.request_id == "u1"))
@@ -373,7 +388,7 @@ def test_usage_large_batch_counts_exactly(client: TestClient, service_headers: d
     assert post(client, service_headers, USAGE, {"records": first})["inserted"] == 1200
     mixed = [usage(f"big-{i}") for i in range(1000, 5000)]
     assert post(client, service_headers, USAGE, {"records": mixed}) == {
-        "inserted": 3800, "duplicates": 200}
+        "inserted": 3800, "duplicates": 200, "rejected": []}
     assert _count(db, UsageRecord) == 5000
 
 

@@ -90,12 +90,19 @@ def test_member_management_and_owner_rules(client: TestClient, factory: Factory,
                         headers=member.headers).status_code == 403
     assert client.patch(f"{url}/{member.id}", json={"role": "admin"},
                         headers=member.headers).status_code == 403
-    # Admin adds by username, but may not grant or take away owner (not even to themselves).
+    # Admin invites by username (the user accepts), but may not grant or take away owner (not
+    # even to themselves). Inviting again answers the same (no enumeration).
     r = client.post(url, json={"username": newbie.username, "role": "member"},
                     headers=admin.headers)
-    assert r.status_code == 201 and r.json()["role"] == "member"
+    assert r.status_code == 202 and r.json()["status"] == "invited"
+    assert client.post(url, json={"username": newbie.username, "role": "owner"},
+                       headers=admin.headers).status_code == 403
+    invitation = client.get("/api/auth/invitations", headers=newbie.headers).json()["items"][0]
+    accepted = client.post(f"/api/auth/invitations/{invitation['id']}/accept",
+                           headers=newbie.headers)
+    assert accepted.status_code == 200 and accepted.json()["role"] == "member"
     assert client.post(url, json={"username": newbie.username, "role": "member"},
-                       headers=admin.headers).status_code == 409
+                       headers=admin.headers).status_code == 202
     assert client.patch(f"{url}/{admin.id}", json={"role": "owner"},
                         headers=admin.headers).status_code == 403
     assert client.patch(f"{url}/{owner.id}", json={"role": "member"},
@@ -119,8 +126,8 @@ def test_member_management_and_owner_rules(client: TestClient, factory: Factory,
     with db() as s:
         types = [lg.type for lg in s.scalars(select(ActionLog).where(ActionLog.org_id == org)
                                              .order_by(ActionLog.id))]
-        assert types == ["member.add", "member.update", "member.update", "member.update",
-                         "member.remove"]
+        assert types == ["member.invite", "member.add", "member.invite", "member.update",
+                         "member.update", "member.update", "member.remove"]
 
 
 @pytest.mark.parametrize("body", [
