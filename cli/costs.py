@@ -29,6 +29,8 @@ app.add_typer(budgets_app, name="budgets")
 
 WindowOpt = Annotated[str | None, typer.Option(
     "--window", "-w", help="minute, hour, day, 7d, 30d, 365d or month (to date).")]
+SplitOpt = Annotated[bool, typer.Option(
+    "--split-overhead", help="Share platform overhead out across deployments by token share.")]
 BARS = " ▁▂▃▄▅▆▇█"
 
 
@@ -159,15 +161,17 @@ def forecast(as_json: JsonOpt = False) -> None:
 
 @app.command("unit")
 @handles_errors
-def unit(window: WindowOpt = "month", as_json: JsonOpt = False) -> None:
-    """EUR per million tokens per deployment, idle share included."""
-    u = _client().unit_costs(window)
+def unit(window: WindowOpt = "month", split_overhead: SplitOpt = False,
+         as_json: JsonOpt = False) -> None:
+    """EUR per million tokens per deployment (node cost attributed by replica placement, idle
+    included); platform overhead (head, system nodes) is its own line unless split."""
+    u = _client().unit_costs(window, split_overhead=split_overhead)
     if as_json:
         print_json(u)
         return
     print_table("Unit costs", ["deployment", "cost", "tokens", "€ / 1M tokens", "idle share",
                                "override in/out per 1M"],
-                [(i.deployment or "(no deployment)", _eur(i.cost_eur),
+                [(i.deployment or "(platform overhead)", _eur(i.cost_eur),
                   f"{i.prompt_tokens + i.completion_tokens:,}",
                   _eur(i.eur_per_million_tokens, 4),
                   f"{i.idle_share * 100:.1f} %" if i.idle_share is not None else "-",
@@ -179,16 +183,18 @@ def unit(window: WindowOpt = "month", as_json: JsonOpt = False) -> None:
 
 @app.command("chargeback")
 @handles_errors
-def chargeback(window: WindowOpt = "month", as_json: JsonOpt = False) -> None:
-    """GPU cost split across orgs by token share (sums exactly to the cent)."""
-    c = _client().chargeback(window)
+def chargeback(window: WindowOpt = "month", split_overhead: SplitOpt = False,
+               as_json: JsonOpt = False) -> None:
+    """Each deployment's attributed cost split across orgs by token share (sums exactly to the
+    cent); platform overhead is its own line unless split."""
+    c = _client().chargeback(window, split_overhead=split_overhead)
     if as_json:
         print_json(c)
         return
     print_table("Chargeback by org", ["org", "cost"],
                 [(o.org or "(unallocated)", _eur(o.cost_eur)) for o in c.by_org])
     print_table("By deployment and org", ["deployment", "org", "tokens", "cost"],
-                [(i.deployment or "(no deployment)", i.org or "(unallocated)", f"{i.tokens:,}",
+                [(i.deployment or "(platform overhead)", i.org or "(unallocated)", f"{i.tokens:,}",
                   _eur(i.cost_eur)) for i in c.items])
     info(f"total: {_eur(c.total_eur)}")
 

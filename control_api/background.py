@@ -23,16 +23,51 @@ log = logging.getLogger(__name__)
 Job = Callable[[Session, datetime], object]
 
 
-def finops_refresh(session: Session, now: datetime) -> object:
-    """Sync cost spans of new/closed intervals, fold usage into hourly rows, evaluate budgets."""
+WEBHOOK_TIMEOUT_S = 3.0
+
+
+def httpx_sender(timeout_s: float = WEBHOOK_TIMEOUT_S) -> Callable[[str, bytes, dict[str, str]],
+                                                                    int]:
+    """The webhook transport of :mod:`finops.notify`: one POST, no redirects, short timeout."""
+    import httpx
+
+    def send(url: str, body: bytes, headers: dict[str, str]) -> int:
+        with httpx.Client(timeout=timeout_s, follow_redirects=False) as client:
+            return client.post(url, content=body, headers=headers).status_code
+
+    return send
+
+
+def finops_refresh(session: Session, now: datetime, *, notify: bool = True) -> object:
+    """Sync cost spans of new/closed intervals, fold usage into hourly rows, evaluate budgets
+    and fire the budget thresholds reached (50/80/100 %, once per period). This job is the only
+    writer of that derived data: FinOps reads and /metrics never write.
+
+    With ``notify``, once this transaction commits, a daemon thread delivers the thresholds'
+    webhooks (:func:`finops.notify.deliver_pending`): slow or failing webhooks never hold the
+    job, the transaction, or any request."""
+    from sqlalchemy import event
+
+    from core.db import make_sessionmaker
     from finops.budgets import evaluate_budgets
+    from finops.notify import deliver_in_background, fire_thresholds
     from finops.spans import sync_spans
     from finops.usage import rollup_usage
 
     synced = sync_spans(session)
     rolled = rollup_usage(session)
     evaluated = len(evaluate_budgets(session, now))
-    return {"intervals_synced": synced, "usage_rolled_up": rolled, "budgets": evaluated}
+    fired = fire_thresholds(session, now)
+    if notify and fired:
+        bind = session.get_bind()
+
+        def after_commit(_: Session) -> None:
+            deliver_in_background(make_sessionmaker(bind), now,  # type: ignore[arg-type]
+                                  httpx_sender())
+
+        event.listen(session, "after_commit", after_commit, once=True)
+    return {"intervals_synced": synced, "usage_rolled_up": rolled, "budgets": evaluated,
+            "thresholds_fired": len(fired)}
 
 
 @dataclass

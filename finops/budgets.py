@@ -2,7 +2,7 @@
 
 Spend is month-to-date (UTC calendar month) of:
 - ``org``: the org's chargeback share of the infrastructure cost (see :mod:`finops.chargeback`);
-- ``deployment``: the GPU cost of the deployment's instances;
+- ``deployment``: the deployment's attributed GPU cost (:mod:`finops.attribution`);
 - ``api_key``: the key's chargeback spend (:func:`finops.keys.month_spend_eur`).
 
 Chargeback-priced deployments (a ``price`` override per 1M tokens in the spec) are what their
@@ -34,8 +34,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import ActionLog, Budget, BudgetScope, BudgetState, Deployment, Org
+from finops.attribution_db import window_attribution
 from finops.chargeback import chargeback
-from finops.costs import window_costs_units
 from finops.deployments import token_price_override
 from finops.keys import month_spend_eur
 from finops.ledger import CENT, EUR_QUANTUM, to_us, units_to_eur
@@ -81,7 +81,7 @@ def month_spends(session: Session, budgets: list[Budget], now: datetime
     if scopes & {BudgetScope.ORG, BudgetScope.DEPLOYMENT}:
         sync_spans(session)
     by_org: dict[uuid.UUID | None, Decimal] = {}
-    by_dep: dict[object, int] = {}
+    by_dep: dict[uuid.UUID | None, int] = {}
     priced = priced_deployments(session)
     priced_by_dep: dict[uuid.UUID, Fraction] = {}
     priced_by_org: dict[uuid.UUID | None, Fraction] = {}
@@ -97,8 +97,8 @@ def month_spends(session: Session, budgets: list[Budget], now: datetime
         for org, eur in priced_by_org.items():
             by_org[org] = by_org.get(org, Decimal(0)) + _fraction_eur(eur)
     if BudgetScope.DEPLOYMENT in scopes:
-        by_dep = window_costs_units(session, [(to_us(rng.start), to_us(rng.end))], now_us,
-                                    "deployment")[0]
+        by_dep = dict(window_attribution(session, to_us(rng.start), to_us(rng.end),
+                                         now_us).by_owner)
     for b in budgets:
         if b.scope == BudgetScope.ORG:
             out[b.id] = by_org.get(b.target_id, Decimal(0)).quantize(CENT)

@@ -1,9 +1,11 @@
 """Chargeback: each deployment's GPU cost split across orgs by their token share.
 
-Per deployment, the cost of the window (idle time included) is rounded to the cent, then split
-by the orgs' tokens with the largest-remainder method, so the parts sum exactly to it. A
-deployment that served no tokens in the window is charged to nobody (``org_id`` None,
-"unallocated"); GPU time of instances without a deployment is "unassigned" (deployment None).
+Per deployment, its attributed cost of the window (:mod:`finops.attribution`: the worker nodes
+its replicas ran on, idle time included) is rounded to the cent, then split by the orgs' tokens
+with the largest-remainder method, so the parts sum exactly to it. A deployment that served no
+tokens in the window is charged to nobody (``org_id`` None, "unallocated"). The head and system
+nodes are "platform overhead" (deployment None), or, with ``split_overhead``, shared out across
+deployments by token share first.
 This is also how the infrastructure cost is broken down "by org".
 """
 
@@ -18,10 +20,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Deployment, Org
-from finops.costs import window_costs_units
+from finops.attribution import split_overhead as split_by_tokens
+from finops.attribution_db import window_attribution
 from finops.ledger import CENT, largest_remainder, to_us, units_to_eur
 from finops.usage import usage_totals
 from finops.windows import TimeRange
+
+OVERHEAD_NAME = "(platform overhead)"
 
 
 @dataclass
@@ -53,10 +58,10 @@ def split_cost(cost_eur: Decimal, tokens_by_org: dict[uuid.UUID | None, int]
     return dict(zip(orgs, parts, strict=True))
 
 
-def chargeback(session: Session, rng: TimeRange, now_us: int) -> Chargeback:
+def chargeback(session: Session, rng: TimeRange, now_us: int, *,
+               split_overhead: bool = False) -> Chargeback:
     """Chargeback of ``rng`` (spans must be synced, usage may or may not be rolled up)."""
-    costs = window_costs_units(session, [(to_us(rng.start), to_us(rng.end))], now_us,
-                               "deployment")[0]
+    costs = dict(window_attribution(session, to_us(rng.start), to_us(rng.end), now_us).by_owner)
     names: dict[uuid.UUID, str] = {
         r[0]: r[1] for r in session.execute(select(Deployment.id, Deployment.name))}
     ids_by_name = {v: k for k, v in names.items()}
@@ -66,6 +71,12 @@ def chargeback(session: Session, rng: TimeRange, now_us: int) -> Chargeback:
         dep_id = ids_by_name.get(dep_name)
         if dep_id is not None:
             tokens[dep_id][org] = tokens[dep_id].get(org, 0) + tot.tokens
+    if split_overhead and costs.get(None):
+        shared = split_by_tokens(costs[None], {d: sum(t.values()) for d, t in tokens.items()})
+        if shared:
+            costs.pop(None)
+            for dep_id, units in shared.items():
+                costs[dep_id] = costs.get(dep_id, 0) + units
     org_names: dict[uuid.UUID, str] = {
         r[0]: r[1] for r in session.execute(select(Org.id, Org.name))}
     out = Chargeback(rng.start, rng.end, Decimal("0.00"))
@@ -78,7 +89,7 @@ def chargeback(session: Session, rng: TimeRange, now_us: int) -> Chargeback:
             parts = split_cost(cost, tokens.get(dep_id, {}))
         for org, eur in parts.items():
             out.lines.append(ChargebackLine(
-                dep_id, names.get(dep_id) if dep_id else None, org,
+                dep_id, names.get(dep_id) if dep_id else OVERHEAD_NAME, org,
                 org_names.get(org) if org else None,
                 tokens.get(dep_id, {}).get(org, 0) if dep_id else 0, eur))
             by_org[org] += eur

@@ -79,6 +79,7 @@ def window_costs_units(session: Session, windows: Sequence[tuple[int, int]], now
         return []
     if group_by is not None and group_by not in GROUP_COLUMNS:
         raise ValueError(f"unknown group {group_by!r}")
+    no_parallel(session)
     if instance_ids is not None or group_by not in ROLLUP_GROUPS:
         return _span_costs(session, windows, now_us, group_by, instance_ids, "all")
     fulls: list[tuple[int, int] | None] = []
@@ -104,6 +105,13 @@ def window_costs_units(session: Session, windows: Sequence[tuple[int, int]], now
                 acc[g] += u
         out.append(dict(acc))
     return out
+
+
+def no_parallel(session: Session) -> None:
+    """No parallel workers for the rest of this transaction (Postgres): these are small index
+    scans, and starting a worker costs more than the scan (milliseconds on a small box)."""
+    if _is_pg(session):
+        session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
 
 
 def _daily_sums(session: Session, fulls: Sequence[tuple[int, int] | None],

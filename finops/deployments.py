@@ -1,4 +1,4 @@
-"""Per-deployment GPU cost and the optional per-token price override of a deployment spec."""
+"""Per-deployment attributed GPU cost and the optional per-token price override of a spec."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.models import Deployment
-from finops.ledger import BillingRule, PriceSchedule, interval_cost_units, to_us
-from finops.queries import fetch_intervals, load_prices, load_rules
+from finops.attribution_db import window_attribution
+from finops.ledger import to_us
 
 
 def _dec(raw: Any) -> Decimal | None:
@@ -59,21 +59,12 @@ def deployments_by_name(session: Session,
 
 def deployment_cost_units(session: Session, deployment_ids: Collection[uuid.UUID],
                           start: datetime, end: datetime, now: datetime) -> dict[uuid.UUID, int]:
-    """GPU cost in units of each deployment's instances over ``[start, end)``."""
+    """Attributed cost in units of each deployment over ``[start, end)`` (its replicas' share
+    of the worker nodes they ran on, idle time included: :mod:`finops.attribution`)."""
     out: dict[uuid.UUID, int] = {d: 0 for d in deployment_ids}
     if not deployment_ids:
         return out
-    rules = load_rules(session)
-    prices = load_prices(session)
-    empty = PriceSchedule(())
-    w = (to_us(start), to_us(end))
-    now_us = to_us(now)
-    for iv in fetch_intervals(session, start, end, rules, deployment_ids=deployment_ids):
-        if iv.deployment_id is None:
-            continue
-        out[iv.deployment_id] = out.get(iv.deployment_id, 0) + interval_cost_units(
-            to_us(iv.started_at), None if iv.ended_at is None else to_us(iv.ended_at),
-            rules.get(iv.provider_code, BillingRule()),
-            prices.get((iv.provider_code, iv.instance_type_name), empty), w, now_us)
+    att = window_attribution(session, to_us(start), to_us(end), to_us(now))
+    for dep_id in out:
+        out[dep_id] = att.by_owner.get(dep_id, 0)
     return out
-

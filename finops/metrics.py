@@ -1,4 +1,5 @@
-"""Prometheus cost metrics, computed from the database at scrape time.
+"""Prometheus cost metrics, read from the database at scrape time (reads only: the background
+job keeps spans, rollups and budget states current; a scrape never writes).
 
 Labels stay bounded: provider codes, known deployment names (anything else is ``other``), token
 kind, budget scope and budget id (budgets are created by admins, a handful per org).
@@ -19,11 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import session_scope, utcnow
 from core.models import Budget, Deployment
-from finops.budgets import budget_ratio, current_scale_caps, evaluate_budgets
+from finops.budgets import budget_ratio, current_scale_caps
 from finops.costs import burn_rate, window_costs_units
 from finops.ledger import EPOCH, to_us, units_to_eur
-from finops.spans import sync_spans
-from finops.usage import rollup_usage, usage_totals
+from finops.usage import usage_totals
 
 log = logging.getLogger(__name__)
 STATE_VALUE = {"ok": 0, "warning": 1, "exceeded": 2}
@@ -70,8 +70,6 @@ class FinopsCollector(Collector):
                                          "Replicas a capped deployment is held at",
                                          labels=["deployment"])
         with session_scope(self.sessions) as s:
-            sync_spans(s)
-            rollup_usage(s, max_batches=5)
             br = burn_rate(s, now_us, "provider")
             for prov, micro in sorted(br.by_group.items(), key=lambda kv: str(kv[0])):
                 burn.add_metric([str(prov)], float(micro) / 1e6)
@@ -88,7 +86,6 @@ class FinopsCollector(Collector):
             for name, (p, c) in sorted(per_dep.items()):
                 tokens.add_metric([name, "prompt"], float(p))
                 tokens.add_metric([name, "completion"], float(c))
-            evaluate_budgets(s, now)
             for b in s.scalars(select(Budget)):
                 labels = [str(b.scope.value if hasattr(b.scope, "value") else b.scope), str(b.id)]
                 spent = b.spent_eur or Decimal(0)

@@ -6,7 +6,8 @@ chunk carries the running totals and a client that disconnects mid-stream is sti
 what was generated; what the client did not ask for is stripped from its stream. Ray may pack
 several SSE events into one chunk (and an event could straddle two), hence ``SseSplitter``.
 A stream that delivered ``[DONE]`` is ``completed`` even if the client hangs up right after
-(the ``openai`` client does).
+(the ``openai`` client does). A ``rejected`` request (refused before any engine saw it:
+limits, rate limits, budgets, an unavailable meter, a full queue) records 0 tokens.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ class Meter:
             return False
         self.finished = True
         self.status = status
+        if status == "rejected":
+            # Refused before any engine saw it (validation, limits, budgets, a full queue,
+            # FastAPI's parsing): nothing was consumed, nothing is billed.
+            self.prompt_tokens = self.completion_tokens = 0
         self.record({
             "request_id": self.request_id, "api_key_id": self.api_key_id,
             "org_id": self.org_id, "user_id": self.user_id, "model": self.model,

@@ -9,6 +9,12 @@ Scale from zero: ``inventiv_cold_start_held`` (requests held for a deployment at
 per ingress replica, by ``model``) and ``inventiv_cold_start_wait_s`` (how long each held
 request waited, by ``model`` and ``outcome``: served, failed (the upstream call raised),
 timeout, aborted).
+
+Metering health (per replica): ``inventiv_usage_dropped`` (usage records dropped: spool and
+buffer full), ``inventiv_spool_full`` and ``inventiv_spool_write_errors`` (spool writes refused,
+by ``errno``: ENOSPC, EIO, EROFS …), ``inventiv_metering_unavailable`` (requests answered 503
+``metering_unavailable`` while usage cannot be kept), and the gauges
+``inventiv_usage_buffered`` / ``inventiv_spool_pending_batches``.
 """
 
 from __future__ import annotations
@@ -93,6 +99,25 @@ class IngressMetrics:
             "inventiv_cold_start_held",
             description="Requests held while their deployment starts from zero replicas.",
             tag_keys=("model",))
+        self.usage_dropped = Counter(
+            "inventiv_usage_dropped",
+            description="Usage records dropped (spool and memory buffer both full).")
+        self.spool_full = Counter(
+            "inventiv_spool_full", description="Usage batches the full spool refused.")
+        self.spool_write_errors = Counter(
+            "inventiv_spool_write_errors",
+            description="Usage batches the disk refused to spool, by errno.",
+            tag_keys=("errno",))
+        self.metering_unavailable = Counter(
+            "inventiv_metering_unavailable",
+            description="Requests refused (503) while usage could not be kept durably.")
+        self.usage_buffered = Gauge(
+            "inventiv_usage_buffered", description="Usage records waiting in memory.")
+        self.spool_pending = Gauge(
+            "inventiv_spool_pending_batches",
+            description="Usage batches waiting in the spool for the control API.")
+        # The client's cumulative counters as last recorded (see ``client_stats``).
+        self._seen = (0, 0, 0)
         self.cold_wait = Histogram(
             "inventiv_cold_start_wait_s",
             description="Time a request waited for a deployment to start from zero (s).",
@@ -100,8 +125,30 @@ class IngressMetrics:
 
     def flush(self) -> None:
         """Record the counters' pending increments now (on shutdown)."""
-        for counter in (self.requests, self.errors, self.tokens, self.rate_limited):
+        for counter in (self.requests, self.errors, self.tokens, self.rate_limited,
+                        self.usage_dropped, self.spool_full, self.spool_write_errors,
+                        self.metering_unavailable):
             counter.flush()
+
+    def client_stats(self, dropped: int, full: int, write_errors: int, failure: str | None,
+                     buffered: int, pending: int) -> None:
+        """Record the usage client's cumulative counters (what grew since the last call;
+        a write error is tagged with the current ``failure``) and its queue sizes."""
+        seen_dropped, seen_full, seen_errors = self._seen
+        if dropped > seen_dropped:
+            self.usage_dropped.inc(dropped - seen_dropped)
+        if full > seen_full:
+            self.spool_full.inc(full - seen_full)
+        if write_errors > seen_errors:
+            self.spool_write_errors.inc(write_errors - seen_errors,
+                                        tags={"errno": failure or "unknown"})
+        self._seen = (max(dropped, seen_dropped), max(full, seen_full),
+                      max(write_errors, seen_errors))
+        self.usage_buffered.set(buffered)
+        self.spool_pending.set(pending)
+
+    def unavailable(self) -> None:
+        self.metering_unavailable.inc(1)
 
     def request(self, model: str, org: str, endpoint: str) -> None:
         self.requests.inc(1, tags={"model": model, "org": org, "endpoint": endpoint})

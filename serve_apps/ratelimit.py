@@ -25,12 +25,17 @@ slice under two requests) and requests checked against a budget always ask the a
 If the actor is unreachable the ingress lets the request through (rate limits protect
 capacity; an outage of the limiter must not stop serving) and logs it.
 
-Monthly budgets use the same actor and call (one round trip, atomic): the ingress knows what
-was left at the key's last verification (``budget_left_eur`` at wall time ``verified_at``);
-the actor subtracts what requests of that key settled since then and what is reserved in
-flight, and refuses a request whose worst-case cost does not fit. Costs are only known in the
-ingress for deployments with a token price (``price`` in the deployment YAML); chargeback-priced
-deployments only get the verification-time check (budget left > 0).
+Budgets use the same actor and call (one round trip, atomic): every budget that applies to a
+request (the key's own monthly budget, and the org, key and deployment budgets of
+``/api/finops/budgets``) is one account here, and the ingress knows what was left of each at a
+wall time (``BudgetAsk.left_eur`` at ``verified_at``: the key's verification, or the budget
+view's ``as_of``). The actor subtracts what requests settled on that account since then and
+what is reserved in flight, and admits a request only if its worst-case cost fits EVERY
+account, reserving it on all of them in the same call (so replicas never race: concurrent
+requests overspend by at most what settles above its reservation, i.e. nothing past one
+request's worst case). Costs are only known in the ingress for deployments with a token price
+(``price`` in the deployment YAML); GPU-costed deployments only get the check "budget left > 0"
+(done by the ingress without a round trip).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,6 +58,7 @@ class _KeyWindow:
     entries: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)
     tokens: float = 0.0
     requests: float = 0.0
+    newest_at: float = float("-inf")  # the latest stamp added (for the reset headers)
 
     def prune(self, now: float) -> None:
         # A lease is stamped at its end (see ``RateWindows.lease``), so the front entry may be
@@ -68,6 +74,7 @@ class _KeyWindow:
 
     def add(self, reservation: str, at: float, tokens: float, requests: float) -> None:
         self.entries[reservation] = [at, tokens, requests]
+        self.newest_at = max(self.newest_at, at)
         self.tokens += tokens
         self.requests += requests
 
@@ -102,29 +109,80 @@ SETTLED_RETENTION_S = 600.0
 # twice errs on the safe side: a budget is never overspent, at worst refused a little early.
 FLUSH_MARGIN_S = 10.0
 RATE_LIMITED = "rate_limit_exceeded"
-OVER_BUDGET = "insufficient_quota"
+OVER_BUDGET = "insufficient_quota"  # the key's own monthly budget (``monthly_budget_eur``)
+BUDGET_EXCEEDED = "budget_exceeded"  # an org, key or deployment budget
+
+
+# A reservation never settled (its replica died) stops counting after this long (s).
+RESERVATION_MAX_S = 3600.0
 
 
 @dataclass
 class _KeyBudget:
+    """One budget account: reservations in flight and recently settled costs. Settled costs
+    are summed per wall-clock second, so checking a busy org's budget stays O(seconds
+    retained), not O(requests)."""
+
     reserved: dict[str, float] = field(default_factory=dict)  # reservation id -> EUR
-    settled: list[tuple[float, float]] = field(default_factory=list)  # (wall time, EUR)
+    reserved_at: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    reserved_total: float = 0.0
+    settled: deque[list[float]] = field(default_factory=deque)  # [second, EUR], oldest first
 
     def prune(self, wall_now: float) -> None:
-        self.settled = [(t, c) for t, c in self.settled if wall_now - t < SETTLED_RETENTION_S]
+        while self.settled and wall_now - self.settled[0][0] >= SETTLED_RETENTION_S + 1:
+            self.settled.popleft()
+        while self.reserved_at:
+            rid, at = next(iter(self.reserved_at.items()))
+            if wall_now - at < RESERVATION_MAX_S:
+                break
+            self.release(rid)
 
     def available(self, left_eur: float, verified_at: float) -> float:
-        spent_since = sum(c for t, c in self.settled if t >= verified_at - FLUSH_MARGIN_S)
-        return left_eur - spent_since - sum(self.reserved.values())
+        cutoff = verified_at - FLUSH_MARGIN_S
+        spent_since = 0.0
+        for second, eur in reversed(self.settled):
+            if second + 1 <= cutoff:  # a second partly after the cutoff counts (safe side)
+                break
+            spent_since += eur
+        return left_eur - spent_since - self.reserved_total
+
+    def reserve(self, reservation: str, cost_eur: float, wall_now: float) -> None:
+        self.release(reservation)
+        self.reserved[reservation] = cost_eur
+        self.reserved_at[reservation] = wall_now
+        self.reserved_total += cost_eur
+
+    def release(self, reservation: str) -> float | None:
+        cost = self.reserved.pop(reservation, None)
+        self.reserved_at.pop(reservation, None)
+        if cost is not None:
+            self.reserved_total = max(0.0, self.reserved_total - cost) if self.reserved else 0.0
+        return cost
+
+    def add_settled(self, wall_now: float, cost_eur: float) -> None:
+        second = float(int(wall_now))
+        if self.settled and self.settled[-1][0] >= second:  # same second (or clock went back)
+            self.settled[-1][1] += cost_eur
+        else:
+            self.settled.append([second, cost_eur])
 
 
 @dataclass(frozen=True)
 class BudgetAsk:
-    """What was left at the key's last verification, when, and this request's worst case."""
+    """One budget account (``account``: the key id for its own monthly budget,
+    ``budget:<id>`` for a budget row): what was left of it at wall time ``verified_at``, this
+    request's worst case, and the reason answered when it does not fit."""
 
     left_eur: float
     verified_at: float
     cost_eur: float
+    account: str = ""
+    reason: str = OVER_BUDGET
+
+
+# What a key's window holds after an admission, for the rate-limit headers: requests and
+# tokens counted (the request just admitted included) and seconds until the window is empty.
+WindowState = tuple[float, float, float]
 
 
 class RateWindows:
@@ -136,30 +194,54 @@ class RateWindows:
         self._wall = wall
         self._keys: dict[str, _KeyWindow] = {}
         self._budgets: dict[str, _KeyBudget] = {}
+        # reservation id -> the budget accounts it holds a reservation on
+        self._held: OrderedDict[str, tuple[float, list[_KeyBudget]]] = OrderedDict()
 
     def admit(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
-              tokens: float, budget: BudgetAsk | None = None) -> tuple[float, str]:
-        """Rate limits, then budget: ``(0.0, "")`` when admitted (both reserved), else the
-        seconds to wait and the reason (``rate_limit_exceeded`` or ``insufficient_quota``)."""
+              tokens: float, budgets: tuple[BudgetAsk, ...] | BudgetAsk | None = None
+              ) -> tuple[float, str]:
+        """Rate limits, then every budget: ``(0.0, "")`` when admitted (all reserved), else
+        the seconds to wait and the reason (``rate_limit_exceeded`` or the refusing budget's
+        ``reason``); nothing stays reserved on a refusal."""
         if rpm is not None or tpm is not None:
             wait = self.acquire(key, reservation, rpm, tpm, tokens)
             if wait > 0:
                 return wait, RATE_LIMITED
-        if budget is not None:
-            acct = self._budgets.setdefault(key, _KeyBudget())
-            acct.prune(self._wall())
-            if acct.available(budget.left_eur, budget.verified_at) < budget.cost_eur:
-                self._release_window(key, reservation)
-                return WINDOW_S, OVER_BUDGET
-            acct.reserved[reservation] = budget.cost_eur
+        asks = _asks(budgets)
+        if asks:
+            wall = self._wall()
+            accounts = []
+            for ask in asks:
+                acct = self._budgets.setdefault(ask.account or key, _KeyBudget())
+                acct.prune(wall)
+                if acct.available(ask.left_eur, ask.verified_at) < ask.cost_eur:
+                    self._release_window(key, reservation)
+                    return WINDOW_S, ask.reason
+                accounts.append((acct, ask.cost_eur))
+            for acct, cost in accounts:
+                acct.reserve(reservation, cost, wall)
+            self._held[reservation] = (wall, [acct for acct, _ in accounts])
+            while self._held:  # those never settled (their replica died): forgotten
+                _, (at, _accts) = next(iter(self._held.items()))
+                if wall - at < RESERVATION_MAX_S:
+                    break
+                self._held.popitem(last=False)
         return 0.0, ""
 
     def settle_cost(self, key: str, reservation: str, cost_eur: float) -> None:
-        """Replace a budget reservation by the request's real cost."""
-        acct = self._budgets.get(key)
-        if acct is None or acct.reserved.pop(reservation, None) is None:
-            return
-        acct.settled.append((self._wall(), cost_eur))
+        """Replace a request's budget reservations by its real cost (on every account)."""
+        wall = self._wall()
+        _, accounts = self._held.pop(reservation, (0.0, []))
+        for acct in accounts:
+            if acct.release(reservation) is not None:
+                acct.add_settled(wall, cost_eur)
+
+    def state(self, key: str) -> WindowState:
+        """Requests and tokens in the key's window and seconds until it is empty."""
+        win = self._keys.get(key)
+        if win is None or not win.entries:
+            return 0.0, 0.0, 0.0
+        return win.requests, win.tokens, max(0.0, win.newest_at + WINDOW_S - self._clock())
 
     def _release_window(self, key: str, reservation: str) -> None:
         win = self._keys.get(key)
@@ -247,15 +329,17 @@ class RateLimiterActor:
         self.windows = RateWindows()
 
     def admit_lease(self, key: str, reservation: str, rpm: int | None, tpm: int | None,
-                    tokens: float, budget: BudgetAsk | None, lease_id: str, duration_s: float
-                    ) -> tuple[float, str, tuple[float, float] | None]:
+                    tokens: float, budgets: tuple[BudgetAsk, ...] | BudgetAsk | None,
+                    lease_id: str, duration_s: float
+                    ) -> tuple[float, str, tuple[float, float] | None, WindowState]:
         """``admit``, then (admitted, no budget to check) a lease for the caller to admit the
-        key's next requests locally: ``(wait, reason, (requests, tokens) or None)``."""
-        wait, reason = self.windows.admit(key, reservation, rpm, tpm, tokens, budget)
+        key's next requests locally: ``(wait, reason, (requests, tokens) or None, the key's
+        window state)``."""
+        wait, reason = self.windows.admit(key, reservation, rpm, tpm, tokens, budgets)
         lease = None
-        if wait == 0 and budget is None:
+        if wait == 0 and not _asks(budgets):
             lease = self.windows.lease(key, lease_id, rpm, tpm, tokens, duration_s)
-        return wait, reason, lease
+        return wait, reason, lease, self.windows.state(key)
 
     def settle_many(self, settlements: list[Settlement]) -> None:
         """In order: ``("settle", key, reservation, tokens, cost_eur)`` replaces a
@@ -271,6 +355,12 @@ class RateLimiterActor:
 
     def usage(self, key: str) -> tuple[float, float]:
         return self.windows.usage(key)
+
+
+def _asks(budgets: tuple[BudgetAsk, ...] | BudgetAsk | None) -> tuple[BudgetAsk, ...]:
+    if budgets is None:
+        return ()
+    return (budgets,) if isinstance(budgets, BudgetAsk) else tuple(budgets)
 
 
 # ("settle", api key id, reservation id, tokens really used, EUR really spent or None) or
@@ -317,6 +407,11 @@ class LeaseBook:
         lease.requests -= 1
         lease.tokens -= tokens
         return lease.lease_id
+
+    def left(self, key: str) -> tuple[float, float] | None:
+        """What the key's current lease still holds: ``(requests, tokens)``, or None."""
+        lease = self._leases.get(key)
+        return None if lease is None else (lease.requests, lease.tokens)
 
     def grant(self, key: str, lease_id: str, requests: float, tokens: float,
               duration_s: float) -> None:

@@ -15,6 +15,11 @@ spool_dir is normally each node's local disk (orphans are adopted by the replica
 same node; a node that disappears takes its disk with it); on a shared NFSv4 mount Linux
 maps flock to NFS byte-range locks, which the server releases when the dead client's lease
 expires (~90 s).
+
+:class:`UsageHealth` is admission's check that usage can be kept: while the spool refuses
+writes (full, ENOSPC, EIO, read-only) new requests are answered 503 ``metering_unavailable``
+rather than served unmetered; it also moves the usage client's drop/full/error counters onto
+the ingress's metrics.
 """
 
 from __future__ import annotations
@@ -25,12 +30,17 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from serve_apps import protocol
+from serve_apps.budget_views import BudgetCache
+
 if TYPE_CHECKING:
     from control_api.client.internal import InternalClient
+    from serve_apps.metrics import IngressMetrics
     from serve_apps.options import IngressOptions
 
 log = logging.getLogger(__name__)
@@ -175,6 +185,45 @@ def replay_spool(control_api_url: str, token: str, spool_dir: Path) -> int:
         client.close(flush=False)
 
 
+def metering_unavailable(reason: str) -> protocol.OpenAIError:
+    """The answer while usage cannot be kept durably (nothing is served unmetered)."""
+    return protocol.OpenAIError(
+        503, "Usage metering is temporarily unavailable; retry shortly.", type=protocol.SERVER,
+        code="metering_unavailable", headers={"Retry-After": "5", "x-inventiv-reason": reason})
+
+
+class UsageHealth:
+    """Whether the usage client can keep usage now (``check``, on every admission), and its
+    counters moved onto the ingress's metrics at most every ``sync_interval_s``."""
+
+    def __init__(self, client: InternalClient, *, sync_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.sync_interval_s = sync_interval_s
+        self._clock = clock
+        self._synced_at = float("-inf")
+
+    def check(self, metrics: IngressMetrics | None = None) -> None:
+        """Raise the 503 ``metering_unavailable`` while the spool refuses writes."""
+        failure = self.client.spool_failure
+        if metrics is not None:
+            self.sync(metrics, force=failure is not None)
+        if failure is not None:
+            if metrics is not None:
+                metrics.unavailable()
+            raise metering_unavailable(failure)
+
+    def sync(self, metrics: IngressMetrics, *, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._synced_at < self.sync_interval_s:
+            return
+        self._synced_at = now
+        st = self.client.stats
+        metrics.client_stats(st.dropped_usage_records, st.spool_full_errors,
+                             st.spool_write_errors, self.client.spool_failure,
+                             self.client.buffered_usage, self.client.spool.count("usage"))
+
+
 def replica_slot() -> str:
     """``rank-<n>``: the replica's rank on its node (Serve reassigns ranks to restarted
     replicas), or the process id outside Serve."""
@@ -204,6 +253,8 @@ class ReplicaClients:
             max_retries=1)
         self.usage: InternalClient = InternalClient(url, token, spool_dir=spool / "usage")
         self.usage.start_background_flush(options.usage_flush_interval_s)
+        self.health = UsageHealth(self.usage)
+        self.budgets = BudgetCache(self.verify.applicable_budgets)
         self.adopter = SpoolAdopter(root, spool.name, lambda d: replay_spool(url, token, d),
                                     interval_s=ADOPT_INTERVAL_S)
         self.adopter.start()

@@ -20,6 +20,7 @@ from control_api.schemas.finops import (
     SeriesOut,
     Summary,
     UnitCostsOut,
+    UsageRecordList,
 )
 
 
@@ -58,14 +59,32 @@ class FinopsClient:
         return ForecastOut.model_validate(self.api.request("GET", "/api/finops/forecast"))
 
     def unit_costs(self, window: str | None = None, *, start: datetime | None = None,
-                   end: datetime | None = None) -> UnitCostsOut:
+                   end: datetime | None = None, split_overhead: bool = False) -> UnitCostsOut:
+        params = _range(window, start, end)
+        if split_overhead:
+            params["split_overhead"] = "true"
         return UnitCostsOut.model_validate(self.api.request(
-            "GET", "/api/finops/unit-costs", params=_range(window, start, end)))
+            "GET", "/api/finops/unit-costs", params=params))
 
     def chargeback(self, window: str | None = None, *, start: datetime | None = None,
-                   end: datetime | None = None) -> ChargebackOut:
+                   end: datetime | None = None, split_overhead: bool = False) -> ChargebackOut:
+        params = _range(window, start, end)
+        if split_overhead:
+            params["split_overhead"] = "true"
         return ChargebackOut.model_validate(self.api.request(
-            "GET", "/api/finops/chargeback", params=_range(window, start, end)))
+            "GET", "/api/finops/chargeback", params=params))
+
+    def usage_records(self, *, request_id: str | None = None, key_id: uuid.UUID | None = None,
+                      since: datetime | None = None, limit: int | None = None,
+                      cursor: str | None = None) -> UsageRecordList:
+        params: dict[str, Any] = {}
+        for name, value in (("request_id", request_id), ("key_id", key_id),
+                            ("since", since.isoformat() if since else None), ("limit", limit),
+                            ("cursor", cursor)):
+            if value is not None:
+                params[name] = str(value)
+        return UsageRecordList.model_validate(self.api.request(
+            "GET", "/api/finops/usage/records", params=params))
 
     def budgets(self, scope: str | None = None) -> list[BudgetOut]:
         body = self.api.request("GET", "/api/finops/budgets",

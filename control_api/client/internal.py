@@ -9,6 +9,11 @@
   a new process on the same ``spool_dir``); a spooled batch is deleted only after a 2xx.
 - ``enqueue_usage`` never touches the network: records wait in memory and a background thread
   (``start_background_flush``) sends them in batches; the spool takes the overflow.
+- A spool the disk refuses (full bound, ENOSPC, EIO, read-only) never loses a batch silently:
+  usage goes back to the memory buffer (what does not fit is dropped and counted), the failure
+  is counted and ``spool_failure`` names it until the disk takes writes again (probed by the
+  background thread) or the control API takes the usage directly; the ingress refuses new
+  requests meanwhile (``usage_durable``).
 - The service token is sent as a bearer header and never logged nor shown in ``repr``.
 """
 
@@ -18,6 +23,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +39,7 @@ from control_api.client.errors import (
     InternalClientError,  # noqa: F401 - the errors stay importable from here
     KeyRejected,
 )
-from control_api.client.spool import KINDS, Spool, SpoolFull
+from control_api.client.spool import KINDS, Spool, SpoolError, SpoolFull, SpoolUnwritable
 from core.wire import (
     MAX_LIFECYCLE_EVENTS,
     MAX_USAGE_RECORDS,
@@ -44,12 +50,14 @@ from core.wire import (
     UsageRecordIn,
     UsageResult,
 )
+from core.wire_budgets import ApplicableBudgets, ApplicableBudgetsRequest
 
 log = logging.getLogger(__name__)
 
 LIFECYCLE_PATH = "/api/internal/lifecycle-events"
 USAGE_PATH = "/api/internal/usage"
 VERIFY_PATH = "/api/internal/keys/verify"
+BUDGETS_PATH = "/api/internal/budgets/applicable"
 _PATHS = {"lifecycle": LIFECYCLE_PATH, "usage": USAGE_PATH}
 # The key-verify error codes meaning "this key does not authorise anything".
 KEY_ERROR_CODES = frozenset(
@@ -85,6 +93,7 @@ class ClientStats:
     replayed_batches: int = 0
     quarantined_batches: int = 0
     spool_full_errors: int = 0
+    spool_write_errors: int = 0
     dropped_usage_records: int = 0
     rejected_events: int = 0
 
@@ -162,6 +171,8 @@ class InternalClient:
         self._last_flush = clock()
         # After an outage the background thread waits this long before touching the network.
         self._offline_until = float("-inf")
+        # Why the last spool write failed ("spool_full", "ENOSPC", "EROFS" …); None: it works.
+        self.spool_failure: str | None = None
 
     def __repr__(self) -> str:  # the token stays out of reprs and logs
         return f"InternalClient({self.base_url!r}, spool_dir={str(self.spool.root)!r})"
@@ -200,6 +211,7 @@ class InternalClient:
             part = UsageResult.model_validate(answer)
             total.inserted += part.inserted
             total.duplicates += part.duplicates
+            total.rejected.extend(part.rejected)
         return Sent(result=total, spooled_batches=spooled)
 
     def verify_key(self, key_hash: str) -> KeyVerifyResult:
@@ -207,6 +219,15 @@ class InternalClient:
         ``ControlApiUnavailable`` when the API cannot answer (never spooled: it is a read)."""
         body = KeyVerifyRequest(key_hash=key_hash).model_dump(mode="json")
         return KeyVerifyResult.model_validate(self._post(VERIFY_PATH, body).json())
+
+    def applicable_budgets(self, org_id: uuid.UUID | str, api_key_id: uuid.UUID | str,
+                           deployment: str) -> ApplicableBudgets:
+        """The budgets on an org, a key and a deployment (by name) with what is left of each.
+        Raises ``ControlApiUnavailable`` when the API cannot answer (a read: never spooled)."""
+        body = ApplicableBudgetsRequest(org_id=uuid.UUID(str(org_id)),
+                                        api_key_id=uuid.UUID(str(api_key_id)),
+                                        deployment=deployment).model_dump(mode="json")
+        return ApplicableBudgets.model_validate(self._post(BUDGETS_PATH, body).json())
 
     def enqueue_usage(self, record: UsageRecordIn | Mapping[str, Any]) -> None:
         """Buffer one usage record; never does network I/O.
@@ -224,6 +245,24 @@ class InternalClient:
             self._wake.set()
         if n > self.max_buffered_usage:
             self._spill_oldest()
+
+    @property
+    def usage_durable(self) -> bool:
+        """Whether usage can be kept durably now: False from a failed spool write until the
+        disk takes writes again or the control API takes usage directly."""
+        return self.spool_failure is None
+
+    def check_spool(self) -> bool:
+        """Probe a failed spool; clears ``spool_failure`` when it takes writes again."""
+        if self.spool_failure is None:
+            return True
+        try:
+            self.spool.probe()
+        except SpoolError:
+            return False
+        log.warning("spool %s takes writes again", self.spool.root)
+        self.spool_failure = None
+        return True
 
     @property
     def buffered_usage(self) -> int:
@@ -277,6 +316,9 @@ class InternalClient:
                 else:
                     break
             self._last_flush = self._clock()
+            if reachable and self.spool_failure is not None and not self.buffered_usage:
+                # Usage reaches the control API directly: nothing depends on the disk now.
+                self.spool_failure = None
             return FlushReport(sent_batches=sent, spooled_batches=spooled,
                                pending_batches=self.spool.count(), reachable=reachable,
                                results=report.results)
@@ -412,8 +454,16 @@ class InternalClient:
             self.spool.put(kind, body)
         except SpoolFull:
             self.stats.spool_full_errors += 1
+            self.spool_failure = "spool_full"
             log.error("spool full: %s batch NOT stored (the caller gets SpoolFull)", kind)
             raise
+        except SpoolUnwritable as exc:
+            self.stats.spool_write_errors += 1
+            self.spool_failure = exc.errno_name
+            log.error("spool write failed (%s): %s batch NOT stored (the caller gets "
+                      "SpoolUnwritable)", exc.errno_name, kind)
+            raise
+        self.spool_failure = None
         self.stats.spooled_batches += 1
 
     def _spool_or_rebuffer(self, body: dict[str, Any], chunk: list[UsageRecordIn]) -> bool:
@@ -422,7 +472,7 @@ class InternalClient:
         try:
             self._spool_put("usage", body)
             return True
-        except SpoolFull:
+        except SpoolError:
             with self._buffer_lock:
                 room = max(0, self.max_buffered_usage - len(self._buffer))
                 keep = chunk[:room]
@@ -437,10 +487,10 @@ class InternalClient:
                    exc: InternalApiError) -> None:
         try:
             path = self.spool.put("usage", body)
-        except SpoolFull:
+        except SpoolError as spool_exc:
             self.stats.dropped_usage_records += len(chunk)
-            log.error("usage batch refused (%s) and spool full: %d records dropped", exc,
-                      len(chunk))
+            log.error("usage batch refused (%s) and not spooled (%s): %d records dropped",
+                      exc, spool_exc.code, len(chunk))
             return
         self.spool.quarantine(path, f"refused: HTTP {exc.status} {exc.code}")
         self.stats.quarantined_batches += 1
@@ -463,7 +513,9 @@ class InternalClient:
             now = self._clock()
             if now < self._offline_until:
                 # Offline: move full batches to disk (durable, bounded memory), no network.
-                while self.buffered_usage >= self.usage_batch_size:
+                if not self.check_spool():
+                    continue  # the disk still refuses: keep them in memory
+                while self.buffered_usage >= self.usage_batch_size and self.usage_durable:
                     self._spill_oldest()
                 continue
             due = now - self._last_flush >= self._flush_interval

@@ -7,11 +7,14 @@ name, fsynced, then renamed (atomic on POSIX), and the directory is fsynced, so 
 either the whole batch or nothing. The sequence only grows, also across restarts (it starts
 above the largest name on disk even if the wall clock went back), so sorting names replays
 oldest first. Unreadable files are moved to ``<root>/<kind>/quarantine/`` and counted, never
-silently dropped.
+silently dropped. A write the disk refuses (ENOSPC, EIO, EROFS …) raises ``SpoolUnwritable``
+(nothing half-written stays), so the caller keeps the batch and says so; ``probe()`` tells
+when the disk takes writes again.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,6 +33,24 @@ log = logging.getLogger(__name__)
 SPOOL_FORMAT_VERSION = 1
 KINDS = ("lifecycle", "usage")
 QUARANTINE = "quarantine"
+PROBE = ".tmp-probe"
+
+
+class SpoolUnwritable(SpoolError):
+    """The disk refused a spool write (``errno`` says why: ENOSPC, EIO, EROFS …); nothing was
+    stored."""
+
+    code = "spool_unwritable"
+
+    def __init__(self, message: str, *, errno_name: str) -> None:
+        super().__init__(message)
+        self.errno_name = errno_name
+
+
+def _unwritable(root: Path, exc: OSError) -> SpoolUnwritable:
+    name = errno.errorcode.get(exc.errno or 0, "EIO")
+    return SpoolUnwritable(f"spool {root} cannot be written ({name}: {exc.strerror})",
+                           errno_name=name)
 
 
 @dataclass(frozen=True)
@@ -85,20 +106,40 @@ class Spool:
             d = self.root / kind
             tmp = d / f".tmp-{name}"
             final = d / name
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
+                _write_durably(tmp, data)
                 os.replace(tmp, final)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
+            except BaseException as exc:
+                _discard(tmp)
+                if isinstance(exc, OSError):
+                    raise _unwritable(self.root, exc) from exc
                 raise
-            _fsync_dir(d)
+            try:
+                _fsync_dir(d)
+            except OSError as exc:
+                # Renamed but maybe not durable: take it back, the caller keeps the batch.
+                _discard(final)
+                raise _unwritable(self.root, exc) from exc
             self._files[kind] += 1
             self._bytes += len(data)
             return final
+
+    def probe(self) -> None:
+        """Check that a batch could be spooled now: room under the bounds and a disk that
+        takes a durable write (a small file written, fsynced and removed). Raises
+        ``SpoolFull`` or ``SpoolUnwritable``."""
+        with self._lock:
+            if sum(self._files.values()) + 1 > self.max_files or self._bytes >= self.max_bytes:
+                raise SpoolFull(f"spool {self.root} is full")
+        for kind in KINDS:  # where batches are written (a ``.tmp-`` name: cleaned at start)
+            path = self.root / kind / PROBE
+            try:
+                _write_durably(path, b"probe\n", exclusive=False)
+                path.unlink()
+                _fsync_dir(path.parent)
+            except OSError as exc:
+                _discard(path)
+                raise _unwritable(self.root, exc) from exc
 
     # -------------------------------------------------------------- reading
 
@@ -178,6 +219,22 @@ def _check_kind(kind: str) -> None:
 def _seq_of(path: Path) -> int:
     head = path.name.split("-", 1)[0]
     return int(head) if head.isdigit() else 0
+
+
+def _write_durably(path: Path, data: bytes, *, exclusive: bool = True) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _discard(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # e.g. the file system went read-only: nothing more to do
+        pass
 
 
 def _fsync_dir(d: Path) -> None:

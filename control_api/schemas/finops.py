@@ -121,12 +121,17 @@ class UsageOut(RangeOut):
 
 
 class BudgetCreate(BaseModel):
+    """A monthly (UTC calendar month) budget; thresholds 50/80/100 % notify the webhooks once
+    per month. Negative amounts, unknown scopes and currencies are 422s naming the field."""
+
     model_config = ConfigDict(extra="forbid")
 
     scope: BudgetScope
     target_id: uuid.UUID
     monthly_eur: Decimal = Field(gt=0, max_digits=18, decimal_places=6)
     warning_ratio: Decimal = Field(default=Decimal("0.8"), gt=0, lt=1, decimal_places=4)
+    currency: Literal["EUR"] = "EUR"
+    period: Literal["month"] = "month"
 
 
 class BudgetPatch(BaseModel):
@@ -134,6 +139,7 @@ class BudgetPatch(BaseModel):
 
     monthly_eur: Decimal | None = Field(default=None, gt=0, max_digits=18, decimal_places=6)
     warning_ratio: Decimal | None = Field(default=None, gt=0, lt=1, decimal_places=4)
+    currency: Literal["EUR"] | None = None
 
 
 class BudgetOut(Out):
@@ -149,7 +155,66 @@ class BudgetOut(Out):
     ratio: Decimal | None
     evaluated_at: datetime | None
     created_at: datetime
+    currency: Literal["EUR"] = "EUR"
+    period: Literal["month"] = "month"
 
 
 class BudgetList(BaseModel):
     items: list[BudgetOut]
+
+
+class WebhookCreate(BaseModel):
+    """A budget notification target: https (http only to a loopback host). ``org_id`` None:
+    every budget's thresholds (platform admins only). ``secret`` signs each delivery
+    (HMAC-SHA256); generated when omitted and shown once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=8, max_length=2000)
+    kind: Literal["generic", "slack"] = "generic"
+    org_id: uuid.UUID | None = None
+    secret: str | None = Field(default=None, min_length=16, max_length=200)
+
+
+class WebhookOut(Out):
+    """``url`` is shown as scheme://host/… (its path may carry a token); ``secret`` only in the
+    answer to the creation."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID | None
+    url: str
+    kind: str
+    enabled: bool
+    created_at: datetime
+    secret: str | None = None
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
+
+
+class UsageRecordOut(Out):
+    """One OpenAI-endpoint request as metered. ``cost_eur``: its tokens x the deployment's token
+    price when it has one, else its token share of the deployment's attributed cost that UTC
+    day (None when unknown)."""
+
+    request_id: str
+    api_key_id: uuid.UUID | None
+    org_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    deployment: str | None
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    status: str
+    streamed: bool
+    ttft_ms: float | None
+    latency_ms: float | None
+    at: datetime
+    cost_eur: Decimal | None
+
+
+class UsageRecordList(BaseModel):
+    items: list[UsageRecordOut]
+    next_cursor: str | None = None

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,6 +36,7 @@ from control_api.deps import Principal
 from control_api.errors import Conflict, NotFound
 from control_api.ports import DataPlane, RenderServeConfig
 from control_api.serve_client import (
+    LIVE_REPLICA_STATES,
     ServeClient,
     ServeError,
     ServeTarget,
@@ -55,8 +56,9 @@ from core.models import (
     Model,
     Org,
 )
-from core.serve_names import serve_deployment_name
+from core.serve_names import serve_application, serve_deployment_name
 from core.spec import DeploymentFile, DeploymentSpec
+from finops.attribution_db import ObservedReplica, record_placements
 from finops.budgets import CAP_ENDED, CAP_STARTED, ScaleCap, current_scale_caps, scale_up_blocks
 
 COMPONENT = "control_api"
@@ -434,6 +436,99 @@ def record_serve_status(session: Session, details: dict[str, Any], app_name: str
     return ours
 
 
+# ---------------------------------------------------------------- replica placement (FinOps)
+
+_NOT_ACCELERATORS = {"CPU", "memory", "object_store_memory"}
+
+
+def _accelerators(resources: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in resources.items()
+            if k not in _NOT_ACCELERATORS and not k.startswith(("accelerator_type:", "node:"))
+            and isinstance(v, int | float) and v > 0}
+
+
+def replica_share_ppm(spec: DeploymentSpec | None, node_resources: dict[str, Any] | None,
+                      gpu_count: int = 0) -> int:
+    """A replica's share of its node's accelerator resources, in ppm (whole node when the node
+    offers none of what the replica asks for, or either is unknown)."""
+    cap = _accelerators(node_resources or {}) or ({"GPU": float(gpu_count)} if gpu_count else {})
+    if spec is None or not cap:
+        return 1_000_000
+    ask = dict(_accelerators(dict(spec.placement.resources)))
+    if spec.placement.accelerator_type is not None:
+        ask.setdefault("GPU", 1.0)
+    used = sum(min(v, cap[k]) for k, v in ask.items() if k in cap)
+    total = sum(cap.values())
+    if used <= 0 or total <= 0:
+        return 1_000_000
+    return max(1, min(1_000_000, round(1_000_000 * used / total)))
+
+
+def observed_replicas(session: Session, details: dict[str, Any] | None,
+                      app_name: str) -> list[ObservedReplica]:
+    """The live replicas of our Serve application with their node (Serve's REST status gives
+    each replica's ``node_id``; the node provider reported each node's Ray node id with its
+    lifecycle, so ``instances.ray_node_id`` maps it to a VM)."""
+    app = serve_application(details, app_name)
+    deps_status = (app or {}).get("deployments") or {}
+    if not isinstance(deps_status, dict) or not deps_status:
+        return []
+    by_serve_name: dict[str, tuple[Deployment, DeploymentSpec | None]] = {}
+    for dep in session.scalars(select(Deployment)):
+        try:
+            spec: DeploymentSpec | None = spec_of(dep)
+        except (ValidationError, KeyError, TypeError, ValueError):
+            spec = None
+        model = ((dep.spec or {}).get("model") or {}).get("name") if spec is None else \
+            spec.model.name
+        if model and (dep.deleted_at is None or model not in by_serve_name):
+            by_serve_name[serve_deployment_name(model)] = (dep, spec)
+    node_ids = {str(r.get("node_id")) for d in deps_status.values() if isinstance(d, dict)
+                for r in d.get("replicas") or [] if isinstance(r, dict) and r.get("node_id")}
+    nodes: dict[str, tuple[uuid.UUID, dict[str, Any] | None, int]] = {}
+    if node_ids:
+        for iid, rid, res, gpus in session.execute(
+                select(Instance.id, Instance.ray_node_id, InstanceType.ray_resources,
+                       InstanceType.gpu_count)
+                .outerjoin(InstanceType, (InstanceType.provider_code == Instance.provider_code)
+                           & (InstanceType.name == Instance.instance_type_name))
+                .where(Instance.ray_node_id.in_(node_ids))
+                .order_by(Instance.created_at)):
+            nodes[rid] = (iid, res, int(gpus or 0))
+    out = []
+    for serve_name, dstat in deps_status.items():
+        if not isinstance(dstat, dict):
+            continue
+        dep_spec = by_serve_name.get(serve_name)
+        for r in dstat.get("replicas") or []:
+            if not isinstance(r, dict) or r.get("state") not in LIVE_REPLICA_STATES \
+                    or not r.get("node_id") or not r.get("replica_id"):
+                continue
+            node = nodes.get(str(r["node_id"]))
+            started = r.get("start_time_s")
+            out.append(ObservedReplica(
+                replica_id=str(r["replica_id"])[:200],
+                deployment_id=dep_spec[0].id if dep_spec else None,
+                deployment=(dep_spec[0].name if dep_spec else serve_name)[:128],
+                ray_node_id=str(r["node_id"])[:128], instance_id=node[0] if node else None,
+                share_ppm=replica_share_ppm(dep_spec[1] if dep_spec else None,
+                                            node[1] if node else None, node[2] if node else 0),
+                started_at=datetime.fromtimestamp(float(started), UTC)
+                if isinstance(started, int | float) and started > 0 else None))
+    return out
+
+
+def sync_placements(session: Session, details: dict[str, Any] | None, app_name: str,
+                    now: datetime) -> dict[str, int] | dict[str, str]:
+    """Record replica placements (in a savepoint: a failure here never undoes the sync)."""
+    try:
+        with session.begin_nested():
+            return record_placements(session, observed_replicas(session, details, app_name),
+                                     now)
+    except Exception as exc:  # noqa: BLE001 - attribution data must not break the Serve sync
+        return {"error": type(exc).__name__}
+
+
 def serve_sync_job(serve_client: ServeClient | None,
                    plane: DataPlane) -> Callable[[Session, datetime], dict[str, Any]]:
     """A ``PeriodicJobs`` job: start or end budget caps (:func:`update_scale_caps`), then
@@ -457,11 +552,13 @@ def serve_sync_job(serve_client: ServeClient | None,
         except ServeError as exc:
             return {"error": exc.kind, "message": exc.reason}
         caps = update_scale_caps(session, details, serve_client.target.app_name, now)
+        placements = sync_placements(session, details, serve_client.target.app_name, now)
         if in_sync(session, serve_client, render, details, caps) and unsettled is None:
             status = record_serve_status(session, details, serve_client.target.app_name, now)
-            return {"in_sync": True, "serve_status": status}
+            return {"in_sync": True, "serve_status": status, "placements": placements}
         result = apply_all(session, serve_client, render, now, trigger="sync", details=details)
-        return {"in_sync": False, "applied": result.ok, "status": result.status}
+        return {"in_sync": False, "applied": result.ok, "status": result.status,
+                "placements": placements}
 
     return job
 

@@ -7,8 +7,11 @@ Access levels (declared on the routes):
 - budgets: list/show ``user`` (non-admins: budgets of their orgs), create/update/delete
   ``org:admin`` for org and API-key budgets of their org, platform admin for deployment budgets.
 
-Every read first brings the derived data up to date (cost spans; a bounded usage rollup); both
-are cheap when nothing changed.
+Reads never write: the background job (:func:`control_api.background.finops_refresh`) alone
+brings the derived data up to date (cost spans, hourly usage rollups, budget states, threshold
+notifications). Usage reads count the records not rolled up yet too, so they are exact anyway;
+costs of intervals opened or closed since the last refresh appear at the next one. Budget writes
+(create, update) evaluate the budget they change.
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ from finops.chargeback import chargeback as compute_chargeback
 from finops.costs import GROUP_COLUMNS, bucketize, burn_rate, fetch_span_rows, window_costs_units
 from finops.forecast import minimum_rate_micro, project, rate_eur
 from finops.ledger import to_us, units_to_eur
-from finops.spans import sync_spans
 from finops.unitcost import unit_costs as compute_unit_costs
-from finops.usage import USAGE_GROUPS, rollup_usage, usage_totals
+from finops.usage import USAGE_GROUPS, usage_totals
 from finops.windows import (
     WINDOWS,
     TimeRange,
@@ -58,14 +60,7 @@ def resolve(now: datetime, window: str | None, start: datetime | None,
         raise Unprocessable(str(exc)) from None
 
 
-def refresh(session: Session) -> None:
-    """Bring the cost spans up to date and fold a bounded batch of new usage records."""
-    sync_spans(session)
-    rollup_usage(session, max_batches=2)
-
-
 def summary(session: Session, now: datetime) -> sch.Summary:
-    refresh(session)
     now_us = to_us(now)
     names = list(WINDOWS)
     ms = month_start(now)
@@ -101,7 +96,6 @@ def costs(session: Session, now: datetime, rng: TimeRange, group_by: str) -> sch
     if group_by not in COST_GROUPS:
         raise Unprocessable(f"unknown group {group_by!r}; expected one of "
                             f"{', '.join(COST_GROUPS)}")
-    refresh(session)
     now_us = to_us(now)
     items: list[sch.CostItem] = []
     if group_by == "org":
@@ -132,7 +126,6 @@ def series(session: Session, now: datetime, rng: TimeRange, bucket: str) -> sch.
         edges_dt = bucket_edges(rng, bucket)
     except WindowError as exc:
         raise Unprocessable(str(exc)) from None
-    refresh(session)
     now_us = to_us(now)
     edges = [to_us(e) for e in edges_dt]
     rows = fetch_span_rows(session, edges[0], edges[-1], now_us)
@@ -150,7 +143,6 @@ def series(session: Session, now: datetime, rng: TimeRange, bucket: str) -> sch.
 
 
 def forecast(session: Session, now: datetime) -> sch.ForecastOut:
-    refresh(session)
     now_us = to_us(now)
     mtd = window_cost_mtd(session, now)
     br = burn_rate(session, now_us)
@@ -175,23 +167,25 @@ def _visible_orgs(principal: Principal) -> set[uuid.UUID] | None:
 
 
 def unit_costs(session: Session, principal: Principal, now: datetime,
-               rng: TimeRange) -> sch.UnitCostsOut:
-    refresh(session)
+               rng: TimeRange, split_overhead: bool = False) -> sch.UnitCostsOut:
+    """Non-admins: the deployments their orgs used, with their orgs' requests and tokens only and
+    their token share of the cost (the unit price is the deployment's); no overhead line."""
     orgs = _visible_orgs(principal)
     allowed: set[uuid.UUID] | None = None
     if orgs is not None:
         used = usage_totals(session, rng.start, rng.end, ("deployment",), org_ids=list(orgs))
         names = [n for (n,) in used]
         allowed = set(session.scalars(select(Deployment.id).where(Deployment.name.in_(names))))
-    items = compute_unit_costs(session, rng, to_us(now), allowed)
+    items = compute_unit_costs(session, rng, to_us(now), allowed,
+                               org_ids=None if orgs is None else orgs,
+                               split_overhead=split_overhead)
     return sch.UnitCostsOut(start=rng.start, end=rng.end,
                             items=[sch.UnitCostItem.model_validate(i) for i in items])
 
 
 def chargeback(session: Session, principal: Principal, now: datetime,
-               rng: TimeRange) -> sch.ChargebackOut:
-    refresh(session)
-    cb = compute_chargeback(session, rng, to_us(now))
+               rng: TimeRange, split_overhead: bool = False) -> sch.ChargebackOut:
+    cb = compute_chargeback(session, rng, to_us(now), split_overhead=split_overhead)
     orgs = _visible_orgs(principal)
     lines = [ln for ln in cb.lines if orgs is None or ln.org_id in orgs]
     names = {ln.org_id: ln.org for ln in cb.lines}
@@ -210,7 +204,6 @@ def usage(session: Session, principal: Principal, rng: TimeRange,
     if bad or len(set(group_by)) != len(group_by):
         raise Unprocessable(f"unknown or repeated group {', '.join(bad) or group_by!r}; "
                             f"expected some of {', '.join(USAGE_GROUPS)}")
-    rollup_usage(session, max_batches=2)
     orgs = _visible_orgs(principal)
     res = usage_totals(session, rng.start, rng.end, group_by,
                        org_ids=None if orgs is None else list(orgs))
@@ -290,8 +283,6 @@ def list_budgets(session: Session, principal: Principal, now: datetime,
     if scope is not None:
         q = q.where(Budget.scope == scope)
     budgets = list(session.scalars(q))
-    if budgets:
-        fb.evaluate_budgets(session, now, [b.id for b in budgets])
     return sch.BudgetList(items=[budget_out(b) for b in budgets])
 
 
@@ -305,9 +296,7 @@ def get_budget(session: Session, principal: Principal, budget_id: uuid.UUID) -> 
 
 def show_budget(session: Session, principal: Principal, budget_id: uuid.UUID,
                 now: datetime) -> sch.BudgetOut:
-    b = get_budget(session, principal, budget_id)
-    fb.evaluate_budgets(session, now, [b.id])
-    return budget_out(b)
+    return budget_out(get_budget(session, principal, budget_id))
 
 
 def update_budget(session: Session, principal: Principal, budget_id: uuid.UUID,

@@ -8,6 +8,7 @@ from decimal import Decimal
 from sqlalchemy.orm import Session, sessionmaker
 
 from finops.keys import month_spend_eur
+from finops.spans import sync_spans
 from finops.usage import rollup_usage
 from tests.finops.helpers import Seed
 
@@ -31,6 +32,7 @@ def test_key_spend_is_token_share_of_deployment_cost(db: sessionmaker[Session]) 
         seed.usage(datetime(2025, 2, 27, tzinfo=UTC), (10**6, 0), deployment="llama",
                    api_key_id=k1)
         seed.usage(NOW + timedelta(seconds=1), (10**6, 0), deployment="llama", api_key_id=k1)
+        sync_spans(s)  # the background job's part: costs are read from the spans
     with db() as s:
         # k1: 400 / 1000 of 288 EUR.
         assert month_spend_eur(s, k1, NOW) == Decimal("115.200000")
@@ -67,6 +69,7 @@ def test_key_spend_uses_price_override_and_model_fallback(db: sessionmaker[Sessi
         # No deployment name: attributed to the deployment named like the model.
         seed.usage(NOW - timedelta(hours=1), (1, 0), deployment=None, model="small", api_key_id=k)
         seed.usage(NOW - timedelta(hours=1), (2, 0), deployment="small")
+        sync_spans(s)
     with db() as s:
         # 3M tokens x 0.5 EUR/M = 1.5 EUR; 1M in x 1 + 2M out x 3 = 7 EUR; 1/3 of 48 EUR = 16.
         assert month_spend_eur(s, k, NOW) == Decimal("24.500000")

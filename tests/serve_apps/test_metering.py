@@ -44,12 +44,18 @@ def make_meter(records: list[dict[str, Any]], clock: Clock | None = None) -> Met
                  clock=clock or Clock())
 
 
+def data(event: str) -> str:
+    payload = event_data(event.strip())
+    assert payload is not None
+    return payload
+
+
 def test_splitter_handles_packed_and_straddling_events() -> None:
     s = SseSplitter()
     packed = chunk("a", 3, 1) + chunk("b", 3, 2)
     assert s.feed(packed[:10]) == []
     events = s.feed(packed[10:] + DONE[:7])
-    assert [json.loads(event_data(e))["choices"][0]["delta"]["content"] for e in events] == \
+    assert [json.loads(data(e))["choices"][0]["delta"]["content"] for e in events] == \
         ["a", "b"]
     assert s.feed(DONE[7:]) == ["data: [DONE]"]
     assert s.rest() == ""
@@ -72,11 +78,11 @@ def test_rewrite_strips_what_the_client_did_not_ask(keep_usage: bool, keep_conti
                                                     want_final: bool) -> None:
     records: list[dict[str, Any]] = []
     meter = make_meter(records)
-    out = rewrite_event(event_data(chunk("hi", 5, 1)), meter, keep_usage=keep_usage,
+    out = rewrite_event(data(chunk("hi", 5, 1)), meter, keep_usage=keep_usage,
                         keep_continuous=keep_continuous)
     assert out is not None
     assert ("usage" in json.loads(out)) is want_usage_in_chunk
-    final = rewrite_event(event_data(final_usage(5, 7)), meter, keep_usage=keep_usage,
+    final = rewrite_event(data(final_usage(5, 7)), meter, keep_usage=keep_usage,
                           keep_continuous=keep_continuous)
     assert (final is not None) is want_final
     assert (meter.prompt_tokens, meter.completion_tokens) == (5, 7)
@@ -125,7 +131,7 @@ def test_client_disconnect_mid_stream_records_tokens_generated_so_far() -> None:
         gen = metered_stream(_stream(parts), meter, keep_usage=False, keep_continuous=False)
         for _ in range(3):
             await gen.__anext__()
-        await gen.aclose()  # what the server does when the client goes away
+        await gen.aclose()  # type: ignore[attr-defined]  # what the server does on disconnect
 
     run(consume_three())
     assert [(r["status"], r["completion_tokens"]) for r in records] == [("aborted", 3)]
@@ -206,3 +212,18 @@ def test_stream_past_its_deadline_ends_with_an_error_event_and_closes_upstream()
     assert '"code": "request_timeout"' in body and body.endswith(DONE)
     assert closed == [True]
     assert [(r["status"], r["completion_tokens"]) for r in records] == [("error", 1)]
+
+
+@pytest.mark.parametrize("status,billed", [("rejected", False), ("completed", True),
+                                           ("aborted", True), ("error", True)])
+def test_only_requests_an_engine_saw_record_tokens(status: str, billed: bool) -> None:
+    """A request refused before any engine (limits, rate limits, budgets, a full queue)
+    records 0 tokens even though its prompt was counted for the reservation."""
+    records: list[dict[str, Any]] = []
+    meter = Meter(request_id="r", model="m", deployment="d", streamed=False,
+                  record=records.append)
+    meter.prompt_tokens, meter.completion_tokens = 120, 7
+    meter.finish(status)
+    rec = records[0]
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == ((120, 7) if billed else (0, 0))
+    assert rec["status"] == status

@@ -49,3 +49,21 @@ def test_off_a_loop_and_bad_values_behave_like_rays_counter() -> None:
     bad: Any = "1"
     with pytest.raises(TypeError):
         counter.inc(bad, tags={"model": "m"})
+
+
+def test_the_usage_clients_counters_are_recorded_as_they_grow() -> None:
+    from serve_apps.metrics import IngressMetrics
+
+    metrics = IngressMetrics()
+    seen = {name: capture(getattr(metrics, name)) for name in (
+        "usage_dropped", "spool_full", "spool_write_errors", "metering_unavailable")}
+    metrics.client_stats(0, 0, 0, None, buffered=5, pending=0)
+    assert all(calls == [] for calls in seen.values())
+    metrics.client_stats(3, 1, 2, "ENOSPC", buffered=40, pending=2)
+    metrics.client_stats(3, 1, 2, "ENOSPC", buffered=40, pending=2)  # no growth: nothing
+    metrics.client_stats(4, 1, 3, "EROFS", buffered=41, pending=2)
+    metrics.unavailable()
+    assert seen["usage_dropped"] == [(3, {}), (1, {})]
+    assert seen["spool_full"] == [(1, {})]
+    assert seen["spool_write_errors"] == [(2, {"errno": "ENOSPC"}), (1, {"errno": "EROFS"})]
+    assert seen["metering_unavailable"] == [(1, {})]

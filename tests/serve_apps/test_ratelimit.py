@@ -181,7 +181,7 @@ def test_leases_and_direct_admissions_never_exceed_the_limits_together() -> None
             local += 1
         else:
             lease_id = f"lease-{i}"
-            wait, _, lease = actor.admit_lease("k", rid, rpm, tpm, want, None, lease_id, LEASE_S)
+            wait, _, lease, _ = actor.admit_lease("k", rid, rpm, tpm, want, None, lease_id, LEASE_S)
             if wait > 0:
                 clock.t += 0.05
                 continue
@@ -203,9 +203,10 @@ def test_small_limits_get_no_lease_and_unused_slices_are_given_back() -> None:
     clock = Clock()
     actor = RateLimiterActor()
     actor.windows = RateWindows(clock)
-    assert actor.admit_lease("k", "a", 4, None, 1, None, "l1", 1.0) == (0.0, "", None)
-    wait, _, lease = actor.admit_lease("big", "a", 1000, None, 1, None, "l2", 1.0)
+    assert actor.admit_lease("k", "a", 4, None, 1, None, "l1", 1.0)[:3] == (0.0, "", None)
+    wait, _, lease, _ = actor.admit_lease("big", "a", 1000, None, 1, None, "l2", 1.0)
     assert wait == 0 and lease == (20, float("inf"))
+    assert lease is not None
     assert actor.usage("big") == (21, 1)  # the request and the slice
     book = LeaseBook(lambda s: actor.settle_many([s]), clock=clock)
     book.grant("big", "l2", *lease, 1.0)
@@ -218,3 +219,26 @@ def test_small_limits_get_no_lease_and_unused_slices_are_given_back() -> None:
 
     ask = BudgetAsk(left_eur=10.0, verified_at=0.0, cost_eur=0.1)
     assert actor.admit_lease("big", "b", 1000, None, 1, ask, "l3", 1.0)[2] is None
+
+
+def test_one_request_reserves_on_every_account_and_abandoned_reservations_expire() -> None:
+    from serve_apps.ratelimit import BUDGET_EXCEEDED, RESERVATION_MAX_S, BudgetAsk
+
+    clock, wall = Clock(), Clock()
+    w = RateWindows(clock, wall=wall)
+
+    def asks(cost: float) -> tuple[BudgetAsk, ...]:
+        return (BudgetAsk(1.0, wall.t, cost, account="budget:org", reason=BUDGET_EXCEEDED),
+                BudgetAsk(0.5, wall.t, cost, account="budget:key", reason=BUDGET_EXCEEDED))
+
+    assert w.admit("k", "a", None, None, 0, asks(0.4)) == (0.0, "")
+    assert w.admit("k", "b", None, None, 0, asks(0.2))[1] == BUDGET_EXCEEDED  # key: 0.6 > 0.5
+    # The refusal reserved nothing on the org account either: 0.1 still fits both.
+    for rid in ("c1", "c2"):
+        assert w.admit("k", rid, None, None, 0, asks(0.04)) == (0.0, "")
+    for rid in ("c1", "c2"):  # settled costs in the same second are summed into one entry
+        w.settle_cost("k", rid, 0.01)
+    assert [list(e) for e in w._budgets["budget:org"].settled] == [[500.0, 0.02]]
+    # "a" is never settled (its replica died): after RESERVATION_MAX_S it stops counting.
+    wall.t += RESERVATION_MAX_S
+    assert w.admit("k", "d", None, None, 0, asks(0.45)) == (0.0, "")

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from fastapi.testclient import TestClient
 
+from control_api.background import finops_refresh
 from core.models import ActionLog, Budget, Role
 from tests.conftest import Factory
 from tests.finops.helpers import Seed
@@ -35,6 +36,9 @@ def world(client: TestClient, factory: Factory) -> dict[str, object]:
                    org_id=org_a)
         seed.usage(NOW - timedelta(hours=3), (50, 50), deployment="llama", api_key_id=kb,
                    org_id=org_b)
+    # Reads never write: the background job derives spans, rollups and budget states.
+    with client.app.state.sessionmaker() as s, s.begin():  # type: ignore[attr-defined]
+        finops_refresh(s, NOW)
     return {"org_a": org_a, "org_b": org_b, "dep": dep, "ka": ka, "kb": kb}
 
 
