@@ -35,12 +35,27 @@ ModelName = Annotated[str, Field(min_length=1, max_length=128,
 ResourceName = Annotated[str, Field(min_length=1, max_length=64,
                                     pattern=r"^[A-Za-z_][A-Za-z0-9_:.-]*$")]
 EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Z_][A-Z0-9_]*$")]
+Modality = Literal["text", "image", "audio"]
 # Resources that are not "custom": Ray schedules them by their own fields.
 RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class AdapterSpec(_Spec):
+    """A LoRA adapter of the model, addressed as ``model: "<model>:<adapter>"`` (or the bare
+    adapter name when no other deployment has one of that name). Ray Serve LLM loads it from
+    ``<model.lora_source>/<name>`` (its multiplexing routes requests to replicas holding it)."""
+
+    name: Name
+    source: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="Where it is: `<model.lora_source>/<name>` (the default; "
+                                  "Ray Serve LLM loads adapters from there).")
+    allowed_orgs: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, description="Org names or ids that may use it (within the deployment's "
+                                  "own allowed_orgs); null: every org that may use the model.")
 
 
 class ModelSpec(_Spec):
@@ -53,6 +68,47 @@ class ModelSpec(_Spec):
     tokenizer_source: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     lora_source: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
         default=None, description="Where LoRA adapters are loaded from (dynamic loading path).")
+    modalities: list[Modality] = Field(
+        default_factory=lambda: list[Modality](["text"]), min_length=1, max_length=3,
+        description="What the model reads: `text` always; `image`/`audio` content parts are "
+                    "accepted only when listed (a multimodal model).")
+    adapters: list[AdapterSpec] = Field(default_factory=list, max_length=256)
+
+    @model_validator(mode="after")
+    def _adapters_under_lora_source(self) -> ModelSpec:
+        if not self.adapters:
+            return self
+        if self.lora_source is None:
+            raise ValueError("adapters need lora_source (where Ray Serve LLM loads them from)")
+        names = [a.name for a in self.adapters]
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ValueError(f"duplicate adapter name(s) {dups}")
+        root = self.lora_source.rstrip("/")
+        for adapter in self.adapters:
+            expected = f"{root}/{adapter.name}"
+            if adapter.source is not None and adapter.source.rstrip("/") != expected:
+                raise ValueError(f"adapter {adapter.name!r}: source must be {expected!r} "
+                                 "(Ray Serve LLM loads adapters from lora_source/<name>)")
+        return self
+
+
+class StructuredOutputsSpec(_Spec):
+    """vLLM's ``structured_outputs_config`` (grammar-constrained decoding: ``response_format``
+    and ``required``/named tool choices). ``disable_any_whitespace``: the grammar allows no
+    free whitespace in the JSON (small models otherwise run on whitespace for hundreds of
+    tokens)."""
+
+    backend: Literal["auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer"] | None = None
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
+
+    @model_validator(mode="after")
+    def _backend_supports_it(self) -> StructuredOutputsSpec:
+        # vLLM refuses the option with any other backend (at replica start, too late).
+        if self.disable_any_whitespace and self.backend not in ("xgrammar", "guidance"):
+            raise ValueError("disable_any_whitespace needs backend: xgrammar or guidance")
+        return self
 
 
 class EngineSpec(_Spec):
@@ -66,12 +122,23 @@ class EngineSpec(_Spec):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
     tensor_parallel_size: Annotated[int, Field(ge=1, le=64)] = 1
     enable_prefix_caching: bool | None = None
+    tool_call_parser: Annotated[str, Field(min_length=1, max_length=64,
+                                           pattern=r"^[A-Za-z0-9_.-]+$")] | None = Field(
+        default=None,
+        description="vLLM's tool parser for `tool_choice: auto` (e.g. hermes, llama3_json, "
+                    "pythonic); null: only `required` and named tool choices (structured "
+                    "outputs) are accepted.")
+    chat_template: Annotated[str, Field(min_length=1, max_length=65536)] | None = Field(
+        default=None,
+        description="A chat template (a file path or the Jinja text) replacing the model's, "
+                    "e.g. the one its tool parser needs.")
+    structured_outputs_config: StructuredOutputsSpec | None = None
     extra_args: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _no_shadowing(self) -> EngineSpec:
         typed = set(type(self).model_fields) - {"extra_args"}
-        clash = sorted(typed & set(self.extra_args))
+        clash = sorted((typed | {"enable_auto_tool_choice"}) & set(self.extra_args))
         if clash:
             raise ValueError(f"extra_args repeats typed engine fields: {', '.join(clash)}")
         return self
@@ -173,6 +240,19 @@ class LimitsSpec(_Spec):
     # by Ray Serve LLM's router timeout, which the builder sets above every deployment's
     # request_timeout_s (+ cold_start_timeout_s for min_replicas 0), and at least 600 s.
     request_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 600
+    # Tool calling and structured outputs (`tools`, `response_format`): bounded grammars.
+    max_tools: Annotated[int, Field(ge=0, le=1024)] = 64
+    max_tool_definition_bytes: Annotated[int, Field(ge=0, le=16 * 1024 * 1024)] = 65536
+    max_schema_bytes: Annotated[int, Field(ge=0, le=4 * 1024 * 1024)] = 16384
+    max_schema_depth: Annotated[int, Field(ge=1, le=64)] = 10
+    max_enum_values: Annotated[int, Field(ge=1, le=100_000)] = 256
+    max_tool_calls_per_message: Annotated[int, Field(ge=1, le=1024)] = 16
+    # Content parts of a message (text, and image/audio for multimodal models).
+    max_content_parts: Annotated[int, Field(ge=1, le=10_000)] = 32
+    allow_remote_media_urls: bool = Field(
+        default=False,
+        description="Accept http(s) image/audio URLs in content parts (the engine fetches "
+                    "them); false: only inline data: URLs.")
 
 
 class PriceSpec(_Spec):

@@ -84,6 +84,16 @@ def engine_kwargs(dep: DeploymentSpec) -> dict[str, Any]:
         kwargs["convert"] = "embed"
     if dep.model.tokenizer_source is not None:
         kwargs["tokenizer"] = dep.model.tokenizer_source
+    if eng.tool_call_parser is not None:
+        # vLLM's frontend flags (Ray Serve LLM splits them from the engine's): `auto` tool
+        # choice parses the model's output with this parser.
+        kwargs["tool_call_parser"] = eng.tool_call_parser
+        kwargs["enable_auto_tool_choice"] = True
+    if eng.chat_template is not None:
+        kwargs["chat_template"] = eng.chat_template
+    if eng.structured_outputs_config is not None:
+        kwargs["structured_outputs_config"] = eng.structured_outputs_config.model_dump(
+            exclude_none=True)
     kwargs.update(eng.extra_args)
     return kwargs
 
@@ -162,6 +172,8 @@ def llm_config_dict(dep: DeploymentSpec,
     }
     if dep.model.lora_source is not None:
         config["lora_config"] = {"dynamic_lora_loading_path": dep.model.lora_source}
+        if dep.model.adapters:
+            config["lora_config"]["max_num_adapters_per_replica"] = len(dep.model.adapters)
     return config
 
 

@@ -1,16 +1,24 @@
 """The gate: the ingress's ASGI middleware in front of Ray's FastAPI app, run on every request
 before anything parses the body.
 
-1. Only ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
-   ``POST /v1/embeddings`` and ``GET /healthz`` exist; anything else is an OpenAI-shaped 404
-   (Ray's ``/tokenize``, ``/detokenize``, ``/v1/score``, ``/v1/audio/transcriptions``,
-   ``/v1/models/{id}``, FastAPI's ``/docs`` …, and any route a later Ray adds).
+1. Only ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
+   ``POST /v1/completions``, ``POST /v1/embeddings`` and ``GET /healthz`` exist; anything else
+   is an OpenAI-shaped 404 (Ray's ``/tokenize``, ``/detokenize``, ``/v1/score``,
+   ``/v1/audio/transcriptions``, FastAPI's ``/docs`` …, and any route a later Ray adds).
 2. The bearer key is checked (format + checksum, then the control API through
    :class:`serve_apps.auth.KeyCache`) before the body is even read.
 3. The body is read up to the largest ``max_body_bytes`` of all deployments (413 beyond).
 4. The raw JSON goes to ``precheck`` (:class:`serve_apps.validation.Validation`), which applies
    every limit before FastAPI parses it into vLLM's request models.
-5. Every response carries ``x-inventiv-request-id``, the id of its usage event.
+5. Every ``/v1`` response, errors included, carries ``x-request-id`` (and the older
+   ``x-inventiv-request-id``), the ``request_id`` of its usage record. Serve's proxy already
+   puts one on every request (the client's own ``x-request-id`` when it sent one, else a
+   fresh UUID) and echoes it on every response, so the gate adopts it rather than add a
+   second, different header; without a proxy in front (tests) the gate makes and sends its
+   own. A client-supplied id is honoured when well-formed (1-128 of ``A-Za-z0-9._:-``) and not
+   used before on this replica (usage records are deduplicated by ``request_id``: a reused id
+   would drop usage); otherwise the request is a 400 ``invalid_request_id``.
+6. The rate-limit headers the admission answered (``x-ratelimit-*``) go on the response.
 
 Errors are answered here as JSON, not raised: Ray's exception middleware would turn unknown
 exceptions into 500s.
@@ -18,11 +26,14 @@ exceptions into 500s.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.spec import DeploymentSpec
@@ -36,6 +47,7 @@ from serve_apps.asgi import (
     with_response_headers,
 )
 from serve_apps.auth import KeyCache, Principal
+from serve_apps.catalog import Target
 from serve_apps.metering import Meter
 from serve_apps.metrics import IngressMetrics
 
@@ -47,7 +59,19 @@ ALLOWED_ROUTES = {
     "/v1/completions": "POST",
     "/v1/embeddings": "POST",
 }
+MODEL_PREFIX = "/v1/models/"  # GET /v1/models/{id}: the id may hold `/` and `:`
 HEALTH_PATH = "/healthz"
+OPENAI_REQUEST_ID = "x-request-id"
+REQUEST_ID_FORM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# Request ids this replica saw recently (a reuse is refused, see 5. above).
+RECENT_IDS = 200_000
+
+
+def allowed(method: str, path: str) -> bool:
+    """Whether the gate serves ``method path`` (the allow-list above)."""
+    if ALLOWED_ROUTES.get(path) == method:
+        return True
+    return method == "GET" and path.startswith(MODEL_PREFIX) and len(path) > len(MODEL_PREFIX)
 
 
 @dataclass
@@ -62,6 +86,10 @@ class RequestContext:
     dep: DeploymentSpec | None = None
     meter: Meter | None = None
     checked: lim.Checked | None = None
+    # ``x-ratelimit-*`` headers of the admission, put on the response.
+    rate_headers: dict[str, str] = field(default_factory=dict)
+    # What ``model`` named (a deployment, or one of its LoRA adapters).
+    target: Target | None = None
 
 
 Precheck = Callable[[str, RequestContext], Awaitable[None]]
@@ -84,6 +112,9 @@ class Gate:
         self.precheck = precheck
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        # The key lookup takes the client's address (failed-auth throttling) when it can.
+        self._pass_client = "client" in inspect.signature(keys.authenticate).parameters
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -93,15 +124,29 @@ class Gate:
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             await send_json(send, 200, b'{"status":"ok"}', head=method == "HEAD")
             return
-        if ALLOWED_ROUTES.get(path) != method:
-            await send_error(send, protocol.route_not_found(method, path))
+        given = header(scope, OPENAI_REQUEST_ID.encode())
+        request_id = given if given is not None else str(uuid.uuid4())
+        if given is None:  # no Serve proxy in front: the gate sends the header itself
+            send = with_response_headers(send, [(OPENAI_REQUEST_ID.encode(),
+                                                 request_id.encode())])
+        if not allowed(method, path):
+            await send_error(send, protocol.route_not_found(method, path), request_id)
             return
-        request_id = f"req-{uuid.uuid4().hex}"
         try:
-            principal = await self.keys.authenticate(header(scope, b"authorization"))
+            authorization = header(scope, b"authorization")
+            if self._pass_client:
+                principal = await self.keys.authenticate(authorization,
+                                                         client=_client_address(scope))
+            else:
+                principal = await self.keys.authenticate(authorization)
         except protocol.OpenAIError as err:
             self.metrics.error("", "", err.status)
             await send_error(send, err, request_id)
+            return
+        if not self._claim(request_id):
+            await send_error(send, protocol.bad_request(
+                "The `x-request-id` header must be 1-128 letters, digits or `._:-`, and "
+                "unique: this id was already used.", code="invalid_request_id"), request_id)
             return
         try:
             body = await self._read_body(scope, receive) if method == "POST" else b""
@@ -115,14 +160,25 @@ class Gate:
         if not await self._precheck(path, ctx, send):
             return
         scope.setdefault("state", {})["inventiv"] = ctx
+        added = [(REQUEST_ID_HEADER.encode(), request_id.encode()),
+                 *((k.lower().encode(), v.encode()) for k, v in ctx.rate_headers.items())]
         try:
-            await self.app(scope, _replay(body, receive), with_response_headers(
-                send, [(REQUEST_ID_HEADER.encode(), request_id.encode())]))
+            await self.app(scope, _replay(body, receive), with_response_headers(send, added))
         finally:
             if ctx.meter is not None and not ctx.meter.finished:
                 # Admitted by us, refused by FastAPI's parsing of the body (a 400): still one
-                # usage event, and the reservation is settled.
+                # usage event (0 tokens: no engine saw it), and the reservation is settled.
+                ctx.meter.prompt_tokens = ctx.meter.completion_tokens = 0
                 ctx.meter.finish("rejected")
+
+    def _claim(self, request_id: str) -> bool:
+        """Whether ``request_id`` is well-formed and new here (then remembered)."""
+        if not REQUEST_ID_FORM.match(request_id) or request_id in self._recent:
+            return False
+        self._recent[request_id] = None
+        if len(self._recent) > RECENT_IDS:
+            self._recent.popitem(last=False)
+        return True
 
     async def _read_body(self, scope: Any, receive: Any) -> bytes:
         limit = self.max_body_bytes
@@ -159,6 +215,11 @@ class Gate:
                 500, "Internal error while checking the request.", type=protocol.SERVER,
                 code="internal_error"), ctx.request_id)
         return False
+
+
+def _client_address(scope: Any) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 def _parse(body: bytes) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 # The request types of OpenAiIngress's own signatures (FastAPI parses bodies into them).
 from core.ray_private import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from core.spec import DeploymentFile, DeploymentSpec
-from serve_apps import admission, protocol
+from serve_apps import admission, catalog, protocol
 from serve_apps import limits as lim
 from serve_apps.auth import KeyCache
 from serve_apps.cors import Cors, CorsMiddleware
@@ -45,7 +46,7 @@ from serve_apps.metrics import IngressMetrics
 from serve_apps.options import IngressOptions
 from serve_apps.probe import ColdStartHold, ReplicaProbe, cold_retry_after
 from serve_apps.spools import ReplicaClients
-from serve_apps.validation import TokenCounter, Validation, visible
+from serve_apps.validation import TokenCounter, Validation
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,12 @@ class InventivIngress(OpenAiIngress):
         self._clients = ReplicaClients(self.options)
         self.keys = KeyCache(self._clients.verify.verify_key, ttl=self.options.key_ttl_s,
                              stale=self.options.key_stale_s,
-                             negative_ttl=self.options.negative_ttl_s)
+                             negative_ttl=self.options.negative_ttl_s, **_key_cache_extras(
+                                 self.options))
         self.admission = admission.Admission(
             enabled=self.options.rate_limits,
-            limiter_name=f"{self.options.app_name}-rate-limiter")
+            limiter_name=f"{self.options.app_name}-rate-limiter",
+            budgets=self._clients.budgets, metering=self._clients.health, metrics=self.metrics)
         self.validation = Validation(
             self.deployments, tokens=TokenCounter(self.deployments),
             admission=self.admission, metrics=self.metrics, record=self._record)
@@ -80,6 +83,8 @@ class InventivIngress(OpenAiIngress):
                               for model, handle in self._default_serve_handles.items()})
         self.cold = ColdStartHold(probe.running, on_held=self.metrics.held,
                                   on_waited=self.metrics.waited)
+        # `created` of the model objects: when this app's ingress started.
+        self.created = int(time.time())
 
     def __serve_build_asgi_app__(self) -> Any:
         """Serve's hook, called on the replica after ``__init__``: put the gate in front, and
@@ -124,16 +129,26 @@ class InventivIngress(OpenAiIngress):
     # -------------------------------------------------------------- routes
 
     async def models(self, request: Request) -> Any:  # type: ignore[override]
-        """``GET /v1/models``: only the models this key may use."""
+        """``GET /v1/models``: OpenAI model objects (LoRA adapters included), only those this
+        key may use."""
         try:
             ctx = self._context(request)
         except protocol.OpenAIError as err:
             return _json_error(err)
-        listing = await super().models()
-        listing.data = [card for card in listing.data
-                        if card.id in self.deployments
-                        and visible(self.deployments[card.id], ctx.principal)]
-        return listing
+        return JSONResponse({"object": "list", "data": [
+            model_object(t, self.created) for t in self.validation.catalog.targets()
+            if catalog.visible(t, ctx.principal)]})
+
+    async def model_data(self, model: str, request: Request) -> Any:  # type: ignore[override]
+        """``GET /v1/models/{id}``: the model object, or 404 (unknown, or not this key's)."""
+        try:
+            ctx = self._context(request)
+        except protocol.OpenAIError as err:
+            return _json_error(err)
+        target = self.validation.catalog.resolve(model)
+        if target is None or not catalog.visible(target, ctx.principal):
+            return _json_error(protocol.model_not_found(model))
+        return JSONResponse(model_object(target, self.created))
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         return await self._dispatch(body, request, "chat")
@@ -156,6 +171,9 @@ class InventivIngress(OpenAiIngress):
             # Only when the gate did not precheck (e.g. removed): refuse, never serve unchecked.
             return _json_error(protocol.bad_request("The request could not be checked."))
         org = str(ctx.principal.org_id)
+        if ctx.target is not None and ctx.target.adapter is not None:
+            # A bare adapter name goes upstream as `<model>:<adapter>` (Ray's multiplexing).
+            body.model = ctx.target.model_id
         if endpoint != "embeddings":
             body.max_tokens = checked.max_tokens
             if endpoint == "chat":
@@ -237,7 +255,37 @@ class InventivIngress(OpenAiIngress):
     async def _not_served(self, request: Request) -> Response:
         return _json_error(protocol.route_not_found(request.method, request.url.path))
 
-    model_data = transcriptions = score = tokenize = detokenize = _not_served  # type: ignore[assignment]
+    transcriptions = score = tokenize = detokenize = _not_served  # type: ignore[assignment]
+
+
+OWNED_BY = "inventiv"
+
+
+def model_object(target: catalog.Target, created: int) -> dict[str, Any]:
+    """OpenAI's model object of a deployment's model or adapter (adapters name their
+    ``parent``, as vLLM's own listing does)."""
+    obj: dict[str, Any] = {"id": target.model_id, "object": "model", "created": created,
+                           "owned_by": OWNED_BY}
+    if target.adapter is not None:
+        obj["parent"] = target.dep.model.name
+    return obj
+
+
+def _key_cache_extras(options: IngressOptions) -> dict[str, Any]:
+    """What the key cache takes beyond its TTLs, from options that may carry it: the key
+    checksum secret (forged keys refused without a lookup) and the failed-auth throttle."""
+    extras: dict[str, Any] = {}
+    secret_file = getattr(options, "key_checksum_secret_file", None)
+    if secret_file:
+        with open(secret_file, "rb") as fh:
+            extras["checksum_secret"] = fh.read().strip()
+    failures = getattr(options, "key_failures_per_client", None)
+    if failures is not None:
+        extras["max_failures_per_client"] = failures
+    window = getattr(options, "key_failure_window_s", None)
+    if window is not None:
+        extras["failure_window"] = window
+    return extras
 
 
 def _stream_options_type(request_type: type) -> Any:

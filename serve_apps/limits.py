@@ -4,7 +4,17 @@ Fields are allow-listed per endpoint: OpenAI's standard parameters plus a few vL
 extras that are bounded by ``max_tokens`` anyway. Everything else is refused with a 400 naming
 the field, e.g. ``chat_template_kwargs`` (lets a client change the prompt the template renders),
 ``chat_template``, ``best_of``/``use_beam_search`` (multiplies the work), ``prompt_logprobs``,
-``echo``, guided decoding, tools (no tool parser configured yet).
+``echo``, guided decoding (``guided_*``, ``structured_outputs``, ``logits_processors``).
+
+Tool calling and structured outputs (:mod:`serve_apps.tools`): ``tools``, ``tool_choice``,
+``parallel_tool_calls``, ``response_format``, ``tool`` messages and assistant ``tool_calls``, each
+bounded by the deployment's limits. Content parts: ``text`` always; images and audio only for
+models that declare them, inline (``data:``) unless the deployment allows remote URLs.
+
+Types are read as the OpenAI API defines them, never coerced: ``stream``, ``logprobs`` and the
+other flags must be JSON booleans, ``n``/``max_tokens``/``top_logprobs`` JSON integers. vLLM's
+pydantic models would coerce ``"true"``/``1`` to ``True`` and ``"5"`` to 5 (so a request the gate
+read as "not streamed" would stream unmetered): such values are a 400 naming the field.
 
 Prompt length: the exact count with the model's tokenizer (its chat template for chat), done by
 the caller and passed in as ``prompt_tokens``; ``None`` means the tokenizer is not available in
@@ -18,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.spec import LimitsSpec
-from serve_apps import protocol
+from serve_apps import protocol, tools
 
 _SAMPLING = frozenset({
     "model", "stream", "stream_options", "temperature", "top_p", "stop", "seed", "user",
@@ -26,12 +36,13 @@ _SAMPLING = frozenset({
     # vLLM extras: bounded by max_tokens, no effect on what the template renders.
     "top_k", "min_p", "repetition_penalty", "ignore_eos", "min_tokens",
 })
-CHAT_FIELDS = _SAMPLING | {"messages", "max_completion_tokens", "top_logprobs"}
+CHAT_FIELDS = _SAMPLING | {"messages", "max_completion_tokens", "top_logprobs", "tools",
+                            "tool_choice", "parallel_tool_calls", "response_format"}
 COMPLETION_FIELDS = _SAMPLING | {"prompt"}
 EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 STREAM_OPTION_FIELDS = frozenset({"include_usage", "continuous_usage_stats"})
-MESSAGE_FIELDS = frozenset({"role", "content", "name"})
-ROLES = frozenset({"system", "developer", "user", "assistant"})
+# Flags the gate decides on (or that change what runs): JSON booleans only.
+BOOL_FIELDS = ("stream", "ignore_eos", "parallel_tool_calls")
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,23 @@ def _int(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+def _bool(body: Mapping[str, Any], name: str, param: str | None = None) -> bool:
+    """A JSON boolean (absent or null: false); anything else (``"true"``, ``1``) is a 400."""
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise protocol.bad_request(f"`{param or name}` must be a boolean (true or false)",
+                                   param=param or name)
+    return value
+
+
+def check_flags(body: Mapping[str, Any]) -> None:
+    """The boolean flags are JSON booleans (see the module: no coercion)."""
+    for name in BOOL_FIELDS:
+        _bool(body, name)
+
+
 def check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
@@ -67,27 +95,19 @@ def check_body_size(size: int, limits: LimitsSpec) -> None:
         raise protocol.too_large(limits.max_body_bytes)
 
 
-def check_messages(messages: Any, limits: LimitsSpec) -> None:
+def check_messages(messages: Any, limits: LimitsSpec,
+                   modalities: Sequence[str] = ("text",)) -> None:
     if not isinstance(messages, list) or not messages:
         raise protocol.bad_request("`messages` must be a non-empty array", param="messages")
     if len(messages) > limits.max_messages:
         raise protocol.bad_request(
             f"Too many messages: {len(messages)} > {limits.max_messages}", param="messages")
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
-            raise protocol.bad_request(f"messages[{i}] must be an object", param="messages")
-        extra = sorted(set(msg) - MESSAGE_FIELDS)
-        if extra:
-            raise protocol.bad_request(f"Unsupported field(s) in messages[{i}]: "
-                                       f"{', '.join(extra)}", param="messages",
-                                       code="unsupported_parameter")
-        if msg.get("role") not in ROLES:
-            raise protocol.bad_request(f"messages[{i}].role must be one of {sorted(ROLES)}",
-                                       param="messages")
+        tools.check_message(i, msg, limits, modalities)
 
 
 def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool, bool]:
-    stream = body.get("stream") is True
+    stream = _bool(body, "stream")
     opts = body.get("stream_options")
     if opts is None:
         return stream, False, False
@@ -97,19 +117,23 @@ def _stream_flags(body: Mapping[str, Any]) -> tuple[bool, bool, bool]:
         raise protocol.bad_request("`stream_options` is only allowed with `stream: true`",
                                    param="stream_options")
     check_fields(opts, STREAM_OPTION_FIELDS)
-    return stream, opts.get("include_usage") is True, opts.get("continuous_usage_stats") is True
+    return (stream, _bool(opts, "include_usage", "stream_options.include_usage"),
+            _bool(opts, "continuous_usage_stats", "stream_options.continuous_usage_stats"))
 
 
 def check_generation(body: Mapping[str, Any], limits: LimitsSpec, *, chat: bool,
                      max_model_len: int, prompt_tokens: int | None) -> Checked:
     """``n``, ``max_tokens``, logprobs and prompt + completion length; returns the decisions."""
+    check_flags(body)
     n = _int(body, "n")
     n = 1 if n is None else n
     if not 1 <= n <= limits.max_n:
         raise protocol.bad_request(f"`n` must be within 1..{limits.max_n}", param="n")
+    legacy = _int(body, "max_tokens")
+    _int(body, "min_tokens")
     requested = _int(body, "max_completion_tokens") if chat else None
     if requested is None:
-        requested = _int(body, "max_tokens")
+        requested = legacy
     if requested is not None and not 1 <= requested <= limits.max_tokens:
         raise protocol.bad_request(f"`max_tokens` must be within 1..{limits.max_tokens}",
                                    param="max_tokens")
@@ -137,7 +161,7 @@ def check_generation(body: Mapping[str, Any], limits: LimitsSpec, *, chat: bool,
 
 def _check_logprobs(body: Mapping[str, Any], limits: LimitsSpec, *, chat: bool) -> None:
     if chat:
-        wanted = body.get("logprobs") is True
+        wanted = _bool(body, "logprobs")
         top = _int(body, "top_logprobs") or 0
         if not wanted and top:
             raise protocol.bad_request("`top_logprobs` requires `logprobs: true`",

@@ -30,15 +30,23 @@ SEED = 0
 SPECIAL_TOKENS = ("<|bos|>", "<|end|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>")
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
 # One turn per message, then the assistant header; `<|end|>` ends a turn and is the EOS token,
-# so generation stops at the end of the assistant's turn. Content may be a string or OpenAI
-# content parts (text only).
+# so generation stops at the end of the assistant's turn. Content may be a string, OpenAI content
+# parts (text only) or none (an assistant turn with tool calls). Tools, tool calls and tool
+# results are rendered as JSON text, so tool-calling requests run through the real template.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
+    "{% if tools %}<|system|>\nTools:"
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}<|end|>\n{% endif %}"
     "{% for message in messages %}"
     "<|{{ message['role'] }}|>\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
+    "{% elif message['content'] %}{% for part in message['content'] %}"
     "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "\n[{{ call['function']['name'] }}] "
+    "{% if call['function']['arguments'] is string %}{{ call['function']['arguments'] }}"
+    "{% else %}{{ call['function']['arguments'] | tojson }}{% endif %}"
     "{% endfor %}{% endif %}"
     "<|end|>\n"
     "{% endfor %}"

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from core.spec import DeploymentSpec
+from serve_apps import catalog, protocol, tools
 from serve_apps import limits as lim
-from serve_apps import protocol
 from serve_apps.admission import Admission, check_quota
 from serve_apps.auth import Principal
 from serve_apps.gate import RequestContext
@@ -29,10 +29,9 @@ INLINE_TOKENIZE_CHARS = 8192
 
 
 def visible(dep: DeploymentSpec, principal: Principal) -> bool:
-    """Whether the key may see and use the deployment (its org and its model scope)."""
-    if dep.allowed_orgs is not None and str(principal.org_id) not in dep.allowed_orgs:
-        return False
-    return principal.may_use(dep.model.name)
+    """Whether the key may see and use the deployment's model: its org (``allowed_orgs``
+    names orgs by id or by name) and its model scope (see :mod:`serve_apps.catalog`)."""
+    return catalog.visible(catalog.Target(dep), principal)
 
 
 class Validation:
@@ -42,6 +41,7 @@ class Validation:
                  admission: Admission, metrics: IngressMetrics,
                  record: Callable[[dict[str, Any]], None]) -> None:
         self.deployments = deployments
+        self.catalog = catalog.Catalog(deployments)
         self.tokens = tokens
         self.admission = admission
         self.metrics = metrics
@@ -54,14 +54,16 @@ class Validation:
         if path == "/v1/models" or ctx.body is None:
             return  # no body, or not JSON: FastAPI answers that 400
         raw = ctx.body
-        try:
-            dep = self._deployment(raw.get("model"), ctx.principal)
-        except protocol.OpenAIError as err:
-            if err.status == 403:
-                dep = self.deployments[raw["model"]]
-                self.metrics.error(dep.model.name, str(ctx.principal.org_id), 403)
-                self._meter(ctx, dep, streamed=False).finish("rejected")
-            raise
+        target = self.catalog.resolve(raw.get("model"))
+        if target is None:
+            model = raw.get("model")
+            raise protocol.model_not_found(model if isinstance(model, str) else None)
+        dep = target.dep
+        ctx.target = target
+        if not catalog.visible(target, ctx.principal):
+            self.metrics.error(dep.model.name, str(ctx.principal.org_id), 403)
+            self._meter(ctx, dep, streamed=False).finish("rejected")
+            raise protocol.model_not_allowed(raw["model"])
         org = str(ctx.principal.org_id)
         endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}.get(
             path, "embeddings")
@@ -77,6 +79,8 @@ class Validation:
             if err.status == 429:
                 self.metrics.limited(dep.model.name, org, err.code or "limit")
             self.metrics.error(dep.model.name, org, err.status)
+            # Refused before any engine saw it: no token is billed.
+            meter.prompt_tokens = meter.completion_tokens = 0
             meter.finish("rejected")
             raise
         ctx.dep, ctx.meter, ctx.checked = dep, meter, checked
@@ -90,10 +94,13 @@ class Validation:
         if dep.model.task != "chat":
             raise protocol.bad_request(f"The model `{dep.model.name}` does not generate text.",
                                        param="model")
+        prompts: list[Any] = [None]
         if chat:
-            lim.check_messages(raw.get("messages"), dep.limits)
+            lim.check_messages(raw.get("messages"), dep.limits, dep.model.modalities)
+            tools.check_tools(raw, dep.limits, has_parser=dep.engine.tool_call_parser is not None)
+            tools.check_response_format(raw.get("response_format"), dep.limits)
             prompt_tokens = await self.tokens.chat(dep.model.name, raw["messages"],
-                                                   chars=ctx.body_bytes)
+                                                   chars=ctx.body_bytes, tools=raw.get("tools"))
         else:
             prompts = lim.check_prompt(raw.get("prompt"), dep.limits)
             counts = await self.tokens.prompts(dep.model.name, prompts, chars=ctx.body_bytes)
@@ -107,10 +114,11 @@ class Validation:
         elif prompt_tokens is not None:
             meter.prompt_tokens = prompt_tokens
         # Worst case: the prompt (its byte size when it could not be counted) plus every
-        # completion at its budget.
+        # completion at its budget: n of them for each prompt (the engine generates for all).
         prompt_cost = meter.prompt_tokens if prompt_tokens is not None else ctx.body_bytes
-        await self.admission.admit(ctx.request_id, ctx.principal, dep, prompt_cost,
-                                   checked.max_tokens * checked.n)
+        ctx.rate_headers = _headers(await self.admission.admit(
+            ctx.request_id, ctx.principal, dep, prompt_cost,
+            checked.max_tokens * checked.n * len(prompts)))
         return checked
 
     async def _check_embeddings(self, raw: dict[str, Any], ctx: RequestContext,
@@ -128,24 +136,26 @@ class Validation:
                 f"{dep.engine.max_model_len}.", param="input", code="context_length_exceeded")
         check_quota(ctx.principal)
         cost = sum(counts) if counts is not None else ctx.body_bytes
-        await self.admission.admit(ctx.request_id, ctx.principal, dep, cost, 0)
+        ctx.rate_headers = _headers(
+            await self.admission.admit(ctx.request_id, ctx.principal, dep, cost, 0))
         return lim.Checked(max_tokens=0, n=1, stream=False, client_include_usage=False,
                            client_continuous_usage=False)
 
-    def _deployment(self, model: Any, principal: Principal) -> DeploymentSpec:
-        if not isinstance(model, str) or model not in self.deployments:
-            raise protocol.model_not_found(model if isinstance(model, str) else None)
-        dep = self.deployments[model]
-        if not visible(dep, principal):
-            raise protocol.model_not_allowed(model)
-        return dep
-
-
     def _meter(self, ctx: RequestContext, dep: DeploymentSpec, streamed: bool) -> Meter:
         p = ctx.principal
-        return Meter(request_id=ctx.request_id, model=dep.model.name, deployment=dep.name,
+        # The usage record's model is the id served: `<model>:<adapter>` for an adapter.
+        model = ctx.target.model_id if ctx.target is not None else dep.model.name
+        return Meter(request_id=ctx.request_id, model=model, deployment=dep.name,
                      streamed=streamed, record=self.record, api_key_id=str(p.api_key_id),
                      org_id=str(p.org_id), user_id=str(p.user_id) if p.user_id else None)
+
+
+def _headers(answer: Any) -> dict[str, str]:
+    """The rate-limit headers the admission answered (a dict of ``x-ratelimit-*``; None or
+    anything else: none)."""
+    if not isinstance(answer, dict):
+        return {}
+    return {str(k): str(v) for k, v in answer.items()}
 
 
 class TokenCounter:
@@ -155,10 +165,12 @@ class TokenCounter:
         self.tokenizers: dict[str, Any] = {
             name: load_tokenizer(dep) for name, dep in deployments.items()}
 
-    async def chat(self, model: str, messages: list[dict[str, Any]], *, chars: int
-                   ) -> int | None:
-        """The prompt length of a chat request (its template rendered); None when unknown."""
-        result: int | None = await self._count(model, count_chat_tokens, messages, chars=chars)
+    async def chat(self, model: str, messages: list[dict[str, Any]], *, chars: int,
+                   tools: list[dict[str, Any]] | None = None) -> int | None:
+        """The prompt length of a chat request (its template rendered, with its tools); None
+        when unknown."""
+        result: int | None = await self._count(model, count_chat_tokens, messages, tools,
+                                                chars=chars)
         return result
 
     async def prompts(self, model: str, prompts: list[Any], *, chars: int) -> list[int] | None:
@@ -200,9 +212,12 @@ def _ids(value: Any) -> list[int]:
     return list(value)
 
 
-def count_chat_tokens(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
-    """Exact prompt length: the chat template rendered and tokenized, as the engine does."""
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+def count_chat_tokens(tokenizer: Any, messages: list[dict[str, Any]],
+                      tools: list[dict[str, Any]] | None = None) -> int:
+    """Exact prompt length: the chat template rendered (with the request's tools) and
+    tokenized, as the engine does."""
+    ids = tokenizer.apply_chat_template(messages, tools=tools or None,
+                                        add_generation_prompt=True, tokenize=True)
     return len(_ids(ids))
 
 

@@ -51,7 +51,9 @@ version: 1
 deployments:
   - name: tiny-chat
     model: {name: tiny, source: "%(tiny)s", task: chat}
-    engine: {max_model_len: 2048, dtype: float32, enforce_eager: true, max_num_seqs: 16}
+    engine: {max_model_len: 2048, dtype: float32, enforce_eager: true, max_num_seqs: 16,
+             tool_call_parser: pythonic,
+             structured_outputs_config: {backend: xgrammar, disable_any_whitespace: true}}
     placement: {accelerator_type: null, cpus: 1, resources: {local_gpu_slot: 1}}
     autoscaling: {min_replicas: 1, max_replicas: 1, target_ongoing_requests: 8,
                   max_ongoing_requests: 32}
@@ -202,6 +204,11 @@ def control_plane(serve_db_url: str, tmp_path_factory: pytest.TempPathFactory
         plane.admin.login("admin", ADMIN_PASSWORD)
         plane.org_id = plane.admin.create_org(f"serve-org-{uuid.uuid4().hex[:6]}").id
         plane.other_org_id = plane.admin.create_org(f"serve-other-{uuid.uuid4().hex[:6]}").id
+        # A key verifies only while its owner is a key-holding member of its org: the admin,
+        # who creates the tests' keys, joins both orgs (a platform admin adds directly).
+        me = plane.admin.me()
+        for org in (plane.org_id, plane.other_org_id):
+            plane.admin.add_member(org, "admin", user_id=me.id)
         yield plane
     finally:
         plane.admin.close()

@@ -69,8 +69,9 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 def test_only_the_served_routes_exist_and_health_needs_no_key() -> None:
     g, api, _ = gate()
-    for method, path in [("POST", "/tokenize"), ("GET", "/docs"), ("GET", "/v1/models/x"),
-                         ("GET", "/v1/chat/completions"), ("DELETE", "/v1/models")]:
+    for method, path in [("POST", "/tokenize"), ("GET", "/docs"), ("POST", "/v1/models/x"),
+                         ("GET", "/v1/models/"), ("GET", "/v1/chat/completions"),
+                         ("DELETE", "/v1/models")]:
         answer = call(g, method, path, headers=AUTH)
         assert answer.status == 404, (method, path)
         assert answer.json()["error"]["code"] == "unknown_url"
@@ -87,7 +88,7 @@ def test_the_key_is_checked_before_the_body_is_read() -> None:
         answer = call(g, "POST", "/v1/chat/completions", headers=headers, chunks=[b"{}"])
         assert answer.status == 401
         assert not answer.body_read
-        assert answer.headers[REQUEST_ID_HEADER].startswith("req-")
+        assert answer.headers[REQUEST_ID_HEADER] == answer.headers["x-request-id"]
     assert api.lookups == 0 and echo.contexts == []  # malformed keys never leave the ingress
 
 
@@ -162,3 +163,90 @@ def test_a_request_the_app_answers_without_metering_is_metered_rejected() -> Non
     g, _, _ = gate(precheck)
     assert call(g, "POST", "/v1/completions", headers=AUTH, chunks=[b"{}"]).status == 200
     assert [r["status"] for r in records] == ["rejected"]  # e.g. FastAPI's own 400
+
+
+def test_model_objects_route_is_served() -> None:
+    g, _, echo = gate()
+    for path in ("/v1/models/tiny", "/v1/models/org/model:adapter"):
+        assert call(g, "GET", path, headers=AUTH).status == 200
+    assert len(echo.contexts) == 2
+
+
+def test_every_answer_carries_the_request_id_of_its_usage_record() -> None:
+    records: list[dict[str, Any]] = []
+
+    async def precheck(path: str, ctx: RequestContext) -> None:
+        ctx.meter = Meter(request_id=ctx.request_id, model="m", deployment="d",
+                          streamed=False, record=records.append)
+        if ctx.body == {"refuse": True}:  # as the validation does: metered, then refused
+            ctx.meter.finish("rejected")
+            raise protocol.bad_request("no")
+
+    g, _, _ = gate(precheck)
+    for raw in (b"{}", b'{"refuse": true}'):
+        answer = call(g, "POST", "/v1/completions", headers=AUTH, chunks=[raw])
+        assert answer.headers["x-request-id"] == records[-1]["request_id"]
+    assert call(g, "GET", "/nope", headers=AUTH).headers["x-request-id"]
+    # Behind Serve's proxy the request carries the proxy's id (the client's own when it sent
+    # one): the gate adopts it and does not send a second header (the proxy echoes it).
+    given = f"client-{uuid.uuid4().hex}"
+    answer = call(g, "POST", "/v1/completions", headers={**AUTH, "x-request-id": given},
+                  chunks=[b"{}"])
+    assert answer.status == 200 and records[-1]["request_id"] == given
+    assert "x-request-id" not in answer.headers and answer.headers[REQUEST_ID_HEADER] == given
+
+
+def test_a_reused_or_malformed_request_id_is_refused() -> None:
+    g, _, echo = gate()
+    given = f"client-{uuid.uuid4().hex}"
+    first = call(g, "POST", "/v1/completions", headers={**AUTH, "x-request-id": given},
+                 chunks=[b"{}"])
+    assert first.status == 200
+    for bad in (given, "has space", "x" * 129, "-leading"):
+        answer = call(g, "POST", "/v1/completions", headers={**AUTH, "x-request-id": bad},
+                      chunks=[b"{}"])
+        assert answer.status == 400, bad
+        assert answer.json()["error"]["code"] == "invalid_request_id"
+    assert len(echo.contexts) == 1
+
+
+def test_rate_limit_headers_of_the_admission_go_on_the_response() -> None:
+    async def precheck(path: str, ctx: RequestContext) -> None:
+        ctx.rate_headers = {"x-ratelimit-limit-requests": "10",
+                            "x-ratelimit-remaining-requests": "9"}
+
+    answer = call(gate(precheck)[0], "POST", "/v1/completions", headers=AUTH, chunks=[b"{}"])
+    assert answer.headers["x-ratelimit-limit-requests"] == "10"
+    assert answer.headers["x-ratelimit-remaining-requests"] == "9"
+
+
+def test_the_client_address_goes_to_the_key_lookup() -> None:
+    seen: list[str | None] = []
+
+    class Keys(KeyCache):
+        async def authenticate(self, authorization: str | None, *,
+                               client: str | None = None) -> Any:
+            seen.append(client)
+            return await super().authenticate(authorization)
+
+    api = ControlApi()
+    g = Gate(Echo(), keys=Keys(api.verify), precheck=lambda p, c: _none(),
+             metrics=IngressMetrics(), max_body_bytes=LIMIT)
+    assert call(g, "POST", "/v1/completions", headers=AUTH, chunks=[b"{}"]).status == 200
+    assert seen == ["test"]
+
+
+async def _none() -> None:
+    return None
+
+
+def test_an_unmetered_refusal_after_admission_records_no_tokens() -> None:
+    records: list[dict[str, Any]] = []
+
+    async def precheck(path: str, ctx: RequestContext) -> None:
+        ctx.meter = Meter(request_id=ctx.request_id, model="m", deployment="d",
+                          streamed=False, record=records.append)
+        ctx.meter.prompt_tokens = 42  # counted by the precheck; FastAPI then refuses the body
+
+    call(gate(precheck)[0], "POST", "/v1/completions", headers=AUTH, chunks=[b"{}"])
+    assert [(r["status"], r["prompt_tokens"]) for r in records] == [("rejected", 0)]

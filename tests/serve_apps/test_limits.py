@@ -30,7 +30,8 @@ def gen(body: dict[str, Any], *, chat: bool = True, prompt_tokens: int | None = 
 def test_fields_are_allow_listed_per_endpoint() -> None:
     lim.check_fields({"model": "m", "messages": MSGS, "top_k": 5}, lim.CHAT_FIELDS)
     for field in ("chat_template_kwargs", "chat_template", "best_of", "use_beam_search",
-                  "prompt_logprobs", "guided_json", "tools", "echo"):
+                  "prompt_logprobs", "guided_json", "guided_regex", "logits_processors",
+                  "structured_outputs", "echo"):
         err = refused(lim.check_fields, {"model": "m", field: None}, lim.CHAT_FIELDS)
         assert (err.status, err.code, err.param) == (400, "unsupported_parameter", field)
     refused(lim.check_fields, {"model": "m", "messages": MSGS}, lim.COMPLETION_FIELDS)

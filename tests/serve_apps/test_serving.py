@@ -337,8 +337,9 @@ def _registered_routes() -> list[tuple[str, str]]:
 
 
 def test_every_route_without_a_key_is_401_or_404(serving: Serving) -> None:
-    served = {("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
-              ("POST", "/v1/completions"), ("POST", "/v1/embeddings")}
+    served = {("GET", "/v1/models"), ("GET", "/v1/models/{model:path}"),
+              ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+              ("POST", "/v1/embeddings")}
     routes = _registered_routes()
     assert served <= set(routes)
     assert {("POST", "/tokenize"), ("POST", "/v1/score")} <= set(routes)
@@ -362,9 +363,7 @@ def test_unknown_routes_are_404_with_a_valid_key_too(serving: Serving, key: Any)
     for path in ("/tokenize", "/detokenize", "/v1/score", "/v1/models/tiny"):
         r = httpx.post(serving.base_url + path, json={"model": "tiny", "prompt": "x"},
                        headers=headers)
-        if path == "/v1/models/tiny":
-            r = httpx.get(serving.base_url + path, headers=headers)
-        assert r.status_code == 404, (path, r.text)
+        assert r.status_code == 404, (path, r.text)  # POST /v1/models/{id} is not served
 
 
 # ---------------------------------------------------------------- metrics
@@ -419,13 +418,20 @@ def test_usage_request_ids_are_unique_across_the_session(serving: Serving) -> No
     assert total == distinct
 
 
-def test_request_ids_are_not_client_controlled(serving: Serving, key: Any) -> None:
+def test_a_client_request_id_is_the_usage_records_id(serving: Serving, key: Any) -> None:
+    # (A reuse on the same ingress replica is refused: tests/serve_apps/test_gate.py.)
     fixed = f"client-{uuid.uuid4().hex}"
     c = client(serving, key.key, default_headers={"x-request-id": fixed})
-    c.completions.create(model="tiny", prompt="a", max_tokens=1)
-    c.completions.create(model="tiny", prompt="b", max_tokens=1)
+    first = c.completions.with_raw_response.create(model="tiny", prompt="a", max_tokens=1)
+    assert first.headers["x-request-id"] == fixed
+    plain = client(serving, key.key).completions.with_raw_response.create(
+        model="tiny", prompt="c", max_tokens=1)
     rows = serving.control.wait_usage(key.id, 2)
-    assert len(rows) == 2 and fixed not in {r.request_id for r in rows}
+    assert [r.request_id for r in rows] == [fixed, plain.headers["x-request-id"]]
+    with pytest.raises(openai.BadRequestError) as info:
+        client(serving, key.key, default_headers={"x-request-id": "not valid!"}
+               ).completions.create(model="tiny", prompt="b", max_tokens=1)
+    assert info.value.code == "invalid_request_id"
 
 
 # ---------------------------------------------------------------- rate limits and overload

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -277,3 +278,52 @@ def test_router_timeout_never_cuts_our_own_deadlines() -> None:
     short = parse_spec(MINIMAL.replace("max_tokens: 128",
                                        "max_tokens: 128\n      request_timeout_s: 20"))
     assert router_timeout_s(short) == 600  # never below Ray's own default
+
+
+def test_tool_parser_template_and_structured_outputs_reach_the_engine() -> None:
+    pytest.importorskip("ray.serve.llm")
+    from ray.serve.llm import LLMConfig
+    from vllm.config import StructuredOutputsConfig
+
+    local = load_spec_file(REPO / "configs" / "deployments" / "local.yaml")
+    tiny = next(d for d in local.deployments if d.model.name == "tiny")
+    config = llm_config_dict(tiny, resolve=lambda s: s)
+    kwargs = config["engine_kwargs"]
+    assert kwargs["structured_outputs_config"] == {"backend": "xgrammar",
+                                                   "disable_any_whitespace": True}
+    assert (kwargs["tool_call_parser"], kwargs["enable_auto_tool_choice"]) == ("pythonic", True)
+    StructuredOutputsConfig(**kwargs["structured_outputs_config"])  # vLLM accepts it
+    llm = LLMConfig(**config)
+    # Ray Serve LLM splits vLLM's frontend flags from its engine arguments: both known.
+    engine = llm.get_engine_config()
+    assert engine.frontend_kwargs["tool_call_parser"] == "pythonic"
+    assert engine.engine_kwargs["structured_outputs_config"]["disable_any_whitespace"] is True
+    plain = _dep("")
+    assert "tool_call_parser" not in llm_config_dict(plain.deployments[0])["engine_kwargs"]
+
+
+def test_structured_outputs_and_tool_fields_validate() -> None:
+    from pydantic import ValidationError
+
+    from core.spec import DeploymentSpec
+
+    def spec(**parts: Any) -> DeploymentSpec:
+        base: dict[str, Any] = {"name": "chat", "model": {"name": "tiny", "source": "x"},
+                                "engine": {"max_model_len": 512}, "limits": {"max_tokens": 10}}
+        for key, value in parts.items():
+            base[key] = {**base[key], **value}
+        return DeploymentSpec.model_validate(base)
+
+    assert spec().model.modalities == ["text"]
+    assert spec(model={"modalities": ["text", "image"]}).model.modalities == ["text", "image"]
+    for bad, match in [
+        ({"engine": {"structured_outputs_config": {"disable_any_whitespace": True}}},
+         "disable_any_whitespace needs backend"),
+        ({"engine": {"extra_args": {"enable_auto_tool_choice": True}}},
+         "enable_auto_tool_choice"),
+        ({"engine": {"tool_call_parser": "bad parser"}}, "tool_call_parser"),
+        ({"model": {"modalities": ["video"]}}, "modalities"),
+        ({"limits": {"max_schema_depth": 0}}, "max_schema_depth"),
+    ]:
+        with pytest.raises(ValidationError, match=match):
+            spec(**bad)

@@ -119,3 +119,79 @@ def test_visibility_is_the_org_and_the_keys_model_scope() -> None:
                        allowed_models=frozenset({"embed"}), rpm_limit=None, tpm_limit=None,
                        budget_left_eur=None)
     assert [name for name, d in deps.items() if visible(d, scoped)] == ["embed"]
+
+
+class Recording(Admission):
+    """The real admission (disabled), recording what each request reserves; ``refuse``: answer
+    429 as the limiter does."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        super().__init__(enabled=False, limiter_name="t")
+        self.asked: list[tuple[int, int]] = []
+        self.refuse = refuse
+
+    async def admit(self, request_id: str, principal: Principal, dep: DeploymentSpec,
+                    prompt_tokens: int, completion_tokens: int) -> Any:
+        self.asked.append((prompt_tokens, completion_tokens))
+        if self.refuse:
+            raise protocol.rate_limited("slow down", 1)
+        return {"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "9"}
+
+
+def test_several_prompts_reserve_every_completion(tiny_model_dir: Path) -> None:
+    c = Checker(str(tiny_model_dir))
+    c.validation.admission = admitted = Recording()
+    tokenizer = c.tokens.tokenizers["tiny"]
+    prompts = ["a b", "c", [1, 2, 3]]
+    ctx = c.check("/v1/completions", {"model": "tiny", "prompt": prompts, "max_tokens": 10,
+                                      "n": 1})
+    counted = sum(len(tokenizer(p)["input_ids"]) for p in prompts[:2]) + 3
+    assert admitted.asked == [(counted, 10 * 1 * 3)]  # max_tokens x n x prompts
+    assert ctx.rate_headers == {"x-ratelimit-limit-requests": "10",
+                                "x-ratelimit-remaining-requests": "9"}
+    c.check(CHAT, {"model": "tiny", "messages": HELLO, "max_tokens": 5})
+    assert admitted.asked[-1][1] == 5
+
+
+def test_a_request_refused_before_the_engine_records_zero_tokens(tiny_model_dir: Path) -> None:
+    c = Checker(str(tiny_model_dir))
+    c.validation.admission = Recording(refuse=True)
+    err = c.refused(CHAT, {"model": "tiny", "messages": HELLO})
+    assert err.status == 429
+    assert [(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in c.records] == [
+        ("rejected", 0, 0)]
+
+
+def test_tools_are_part_of_the_counted_prompt(tiny_model_dir: Path) -> None:
+    c = Checker(str(tiny_model_dir))
+    tokenizer = c.tokens.tokenizers["tiny"]
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    ctx = c.check(CHAT, {"model": "tiny", "messages": HELLO, "tools": tools,
+                         "tool_choice": "required"})
+    assert ctx.meter is not None
+    assert ctx.meter.prompt_tokens == count_chat_tokens(tokenizer, HELLO, tools) > \
+        count_chat_tokens(tokenizer, HELLO)
+    err = c.refused(CHAT, {"model": "tiny", "messages": HELLO, "tools": tools})
+    assert err.param == "tool_choice"  # auto needs a tool parser; this deployment has none
+
+
+def test_allowed_orgs_match_the_org_id_or_its_name() -> None:
+    dep = DeploymentSpec.model_validate({
+        "name": "named", "model": {"name": "named", "source": "/nowhere"},
+        "engine": {"max_model_len": 512}, "limits": {"max_tokens": 256},
+        "allowed_orgs": ["acme"]})
+
+    def principal(org_id: uuid.UUID, org_name: str | None) -> Principal:
+        p = Principal(api_key_id=uuid.uuid4(), org_id=org_id, user_id=None,
+                      allowed_models=None, rpm_limit=None, tpm_limit=None,
+                      budget_left_eur=None)
+        if org_name is not None:
+            object.__setattr__(p, "org_name", org_name)
+        return p
+
+    assert visible(dep, principal(ORG, "acme"))
+    assert not visible(dep, principal(ORG, "other"))
+    assert not visible(dep, principal(ORG, None))
+    by_id = dep.model_copy(update={"allowed_orgs": [str(ORG)]})
+    assert visible(by_id, principal(ORG, "whatever"))
