@@ -651,6 +651,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(admin.close)
         admin.login("admin", ADMIN_PASSWORD)
         org = admin.create_org(f"bench-{uuid.uuid4().hex[:6]}")
+        # A key verifies only while its owner is a key-holding member of its org.
+        admin.add_member(org.id, "admin", user_id=admin.me().id)
         # Limits far above what the benchmark sends: every request pays the limiter's
         # check-and-reserve and settle, none is refused.
         key = admin.create_api_key("bench", org_id=org.id, rpm_limit=1_000_000_000,

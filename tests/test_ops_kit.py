@@ -139,7 +139,9 @@ def ingress_metric_families() -> dict[str, Metric]:
     kinds = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
     out: dict[str, Metric] = {}
     for metric in vars(IngressMetrics()).values():
-        kind = next(k for cls, k in kinds.items() if isinstance(metric, cls))
+        kind = next((k for cls, k in kinds.items() if isinstance(metric, cls)), None)
+        if kind is None:
+            continue  # not a metric (e.g. the last values of the spool counters it mirrors)
         name = f"ray_{metric._name}"  # Ray's exporter prefix
         out[name] = Metric(name, kind, frozenset(metric._tag_keys))
     return out
