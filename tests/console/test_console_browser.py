@@ -6,8 +6,8 @@ intervals the lifecycle route recorded), filters instances, terminates one and s
 searches the action logs; a member of org A creates a key (shown once; verified through the
 internal verify route the ingress uses — using it with the ``openai`` client needs the serving
 stack, which this tier does not start) and revokes it; a member of org B sees none of org A's
-keys, logs or costs. Each page is screenshotted into docs/screenshots/, and the browser's console
-log must hold no error on any page.
+keys, logs or costs. Each page is screenshotted (into a temp dir, or $INVENTIV_SCREENSHOTS_DIR,
+e.g. docs/screenshots/), and the browser's console log must hold no error on any page.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def no_console_errors(driver: WebDriver, where: str, allow_refusals: bool = Fals
 
 
 def shot(driver: WebDriver, name: str) -> None:
-    """The whole page (the window grown to its height for the picture), into docs/screenshots/."""
+    """The whole page (the window grown to its height for the picture), into SCREENSHOTS."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     size = driver.get_window_size()
     height = driver.execute_script(
