@@ -39,8 +39,11 @@ from control_api.routes import (
     instances,
     internal,
     internal_budgets,
+    internal_weights,
     orgs,
+    playground,
     reconcile,
+    secrets,
     service_tokens,
     users,
 )
@@ -258,7 +261,8 @@ def create_app(settings: Settings | None = None, *, plane: DataPlane | None = No
     finops_metrics.install(app)
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, deployments,
-                   finops, instances, action_logs, internal, internal_budgets, reconcile):
+                   finops, instances, action_logs, internal, internal_budgets, reconcile,
+                   secrets, internal_weights, playground):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     # The web console at / (page shells and static files; its data comes from /api).
     console.install(app)

@@ -623,3 +623,5 @@ class FinopsState(Base):
 
 
 import core.models_finops  # noqa: E402,F401 - registers the FinOps tables beyond the ledger's
+import core.models_secrets  # noqa: E402,F401 - stored secrets (write-only values)
+import core.models_weights  # noqa: E402,F401 - weight downloads per node (progress, errors)

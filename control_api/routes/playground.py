@@ -1,0 +1,7 @@
+"""Routes under /api/playground: the console's chat playground."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
