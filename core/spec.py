@@ -44,6 +44,30 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+SecretName = Annotated[str, Field(min_length=1, max_length=64,
+                                  pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+
+
+class SecretRef(_Spec):
+    """A reference to a secret stored by the control API (``inventiv secrets set NAME``): its
+    value is write-only, never part of a spec, a Serve config or an API answer; the replica
+    fetches it when it starts."""
+
+    secret: SecretName
+
+
+class S3Spec(_Spec):
+    """Object Storage (S3 API, e.g. Scaleway's) for ``s3://`` sources."""
+
+    endpoint_url: Annotated[str, Field(min_length=1, max_length=512,
+                                       pattern=r"^https?://")] | None = Field(
+        default=None, description="e.g. https://s3.fr-par.scw.cloud (default: the cluster's).")
+    region: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="e.g. fr-par (default: the cluster's).")
+    access_key_id: SecretRef | None = None
+    secret_access_key: SecretRef | None = None
+
+
 class AdapterSpec(_Spec):
     """A LoRA adapter of the model, addressed as ``model: "<model>:<adapter>"`` (or the bare
     adapter name when no other deployment has one of that name). Ray Serve LLM loads it from
@@ -73,6 +97,10 @@ class ModelSpec(_Spec):
         description="What the model reads: `text` always; `image`/`audio` content parts are "
                     "accepted only when listed (a multimodal model).")
     adapters: list[AdapterSpec] = Field(default_factory=list, max_length=256)
+    hf_token: SecretRef | None = Field(
+        default=None, description="The stored secret holding a Hugging Face token (gated "
+                                  "models), for hf: sources.")
+    s3: S3Spec | None = Field(default=None, description="Object Storage for s3:// sources.")
 
     @model_validator(mode="after")
     def _adapters_under_lora_source(self) -> ModelSpec:
@@ -274,7 +302,10 @@ class DeploymentSpec(_Spec):
     allowed_orgs: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
         default=None, description="Org names or ids that may use it; null: every org.")
     price: PriceSpec | None = None
-    env: dict[EnvName, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict)
+    env: dict[EnvName, Annotated[str, Field(max_length=4096)] | SecretRef] = Field(
+        default_factory=dict,
+        description="Environment of the replicas; a value may be `{secret: NAME}`, a stored "
+                    "secret the replica fetches when it starts (never in the Serve config).")
 
     @model_validator(mode="after")
     def _coherent(self) -> DeploymentSpec:
