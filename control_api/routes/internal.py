@@ -6,9 +6,11 @@ Service-token auth, batches, idempotent: the client retries and replays its spoo
 from __future__ import annotations
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
-from control_api.deps import IngressDep, NodeProviderDep, SessionDep, access
+from control_api.deps import IngressDep, NodeProviderDep, SessionDep, SettingsDep, access
 from control_api.services import internal as service
+from control_api.services import secrets as secrets_service
 from core.db import utcnow
 from core.wire import (
     KeyVerifyRequest,
@@ -51,3 +53,23 @@ def post_keys_verify(body: KeyVerifyRequest, db: SessionDep,
     result = service.verify_key(db, body.key_hash, now=utcnow())
     db.commit()
     return result
+
+
+class DeploymentSecrets(BaseModel):
+    """The values of the secrets one deployment's stored spec references, by secret name."""
+
+    values: dict[str, str] = Field(description="Secret name -> value. Never logged.")
+
+
+@router.post("/deployments/{name}/secrets", response_model=DeploymentSecrets,
+             openapi_extra=access("service"))
+def post_deployment_secrets(name: str, db: SessionDep, settings: SettingsDep,
+                            caller: IngressDep) -> DeploymentSecrets:
+    """The values of exactly the secrets the stored spec of deployment ``name`` references
+    (env refs, ``model.hf_token``, ``model.s3`` keys), for its replicas when they start; 404
+    for an unknown deployment. Logged with the secret names only. Scope ``ingress`` (the LLM
+    replicas use the ingress's token)."""
+    values = secrets_service.deployment_secret_values(
+        db, secrets_service.box_for(settings), name, caller=caller.name)
+    db.commit()
+    return DeploymentSecrets(values=values)
