@@ -103,6 +103,22 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
         ("updated", d["updated_at"]), ("deleted", d.get("deleted_at")),
         *((key, value) for key, value in (d.get("spec") or {}).items() if key != "name"),
     ])
+    if d.get("weights"):
+        print_table("Weights", ["node", "state", "done", "total", "progress", "revision",
+                                "error"],
+                    [(w["node_id"], w["state"], _size(w["bytes_done"]), _size(w["bytes_total"]),
+                      f"{100 * w['bytes_done'] / w['bytes_total']:.0f}%"
+                      if w["bytes_total"] else "", w.get("revision"),
+                      f"{w['error']['code']}: {w['error']['message']}" if w.get("error")
+                      else "") for w in d["weights"]])
+
+
+def _size(n: int) -> str:
+    """Bytes as the download shows them (decimal units, like the Hub's file sizes)."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
 
 
 @app.command("delete")

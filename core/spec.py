@@ -82,12 +82,79 @@ class AdapterSpec(_Spec):
                                   "own allowed_orgs); null: every org that may use the model.")
 
 
+HF_PREFIX = "hf:"
+BUILTIN_PREFIX = "builtin:"
+S3_PREFIX = "s3://"
+# `org/name`, or a legacy top-level id such as `gpt2`.
+_HF_REPO = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_HF_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+_S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUILTIN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A parsed ``model.source``: ``kind`` is ``hf`` (``repo``, ``revision`` or None: main),
+    ``s3`` (``bucket``, ``prefix``), ``local`` (``path``) or ``builtin`` (``name``)."""
+
+    kind: Literal["hf", "s3", "local", "builtin"]
+    repo: str | None = None
+    revision: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    path: str | None = None
+    name: str | None = None
+
+    @property
+    def offline(self) -> bool:
+        """Nothing to download: the engine must not reach any hub."""
+        return self.kind in ("local", "builtin")
+
+    def canonical(self) -> str:
+        if self.kind == "hf":
+            return f"{HF_PREFIX}{self.repo}" + (f"@{self.revision}" if self.revision else "")
+        if self.kind == "s3":
+            return f"{S3_PREFIX}{self.bucket}/{self.prefix}"
+        if self.kind == "builtin":
+            return f"{BUILTIN_PREFIX}{self.name}"
+        return str(self.path)
+
+
+def parse_source(source: str) -> ModelSource:
+    """Parse ``hf:<org/repo>[@revision]`` (or a bare ``org/repo``: Hugging Face),
+    ``s3://bucket/prefix``, an absolute local path or ``builtin:<name>``; ValueError names
+    the accepted forms."""
+    if source.startswith(BUILTIN_PREFIX):
+        name = source[len(BUILTIN_PREFIX):]
+        if not _BUILTIN.match(name):
+            raise ValueError(f"invalid builtin source {source!r}: builtin:<name>")
+        return ModelSource("builtin", name=name)
+    if source.startswith(S3_PREFIX):
+        bucket, _, prefix = source[len(S3_PREFIX):].partition("/")
+        prefix = prefix.strip("/")
+        if not _S3_BUCKET.match(bucket) or not prefix or ".." in prefix.split("/"):
+            raise ValueError(f"invalid s3 source {source!r}: s3://<bucket>/<prefix>")
+        return ModelSource("s3", bucket=bucket, prefix=prefix)
+    if source.startswith("/"):
+        if ".." in source.split("/"):
+            raise ValueError(f"invalid local source {source!r}: no `..` components")
+        return ModelSource("local", path=source)
+    body = source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else source
+    repo, sep, revision = body.partition("@")
+    if not _HF_REPO.match(repo) or (sep and not _HF_REVISION.match(revision)):
+        raise ValueError(f"invalid model source {source!r}: expected hf:<org/repo>[@revision], "
+                         "s3://<bucket>/<prefix>, an absolute path or builtin:<name>")
+    return ModelSource("hf", repo=repo, revision=revision or None)
+
+
 class ModelSpec(_Spec):
     """The model: the id clients send (``name``), where its weights are, what it does."""
 
     name: ModelName = Field(description="The served model id (the OpenAI `model` field).")
     source: Annotated[str, Field(min_length=1, max_length=1024)] = Field(
-        description="A Hugging Face id (org/name), a local directory or an s3:// URI.")
+        description="Where the weights are: `hf:<org/repo>[@revision]` (a bare `org/repo` is "
+                    "a Hugging Face id too), `s3://<bucket>/<prefix>` (Object Storage, see "
+                    "`s3`), an absolute local directory, or `builtin:<name>` (built offline).")
     task: Literal["chat", "embed"] = "chat"
     tokenizer_source: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     lora_source: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
@@ -101,6 +168,19 @@ class ModelSpec(_Spec):
         default=None, description="The stored secret holding a Hugging Face token (gated "
                                   "models), for hf: sources.")
     s3: S3Spec | None = Field(default=None, description="Object Storage for s3:// sources.")
+
+    @model_validator(mode="after")
+    def _source_kind(self) -> ModelSpec:
+        parsed = parse_source(self.source)
+        if self.hf_token is not None and parsed.kind != "hf":
+            raise ValueError("hf_token is for hf: sources")
+        if self.s3 is not None and parsed.kind != "s3":
+            raise ValueError("s3 is for s3:// sources")
+        return self
+
+    @property
+    def parsed_source(self) -> ModelSource:
+        return parse_source(self.source)
 
     @model_validator(mode="after")
     def _adapters_under_lora_source(self) -> ModelSpec:

@@ -62,6 +62,23 @@ class ReplicaStartOut(BaseModel):
     samples: int = Field(description="Node boots the estimate is learned from.")
 
 
+class WeightErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class WeightDownloadOut(BaseModel):
+    """One node's download of the deployment's weights (the latest report of its replica)."""
+
+    node_id: str
+    state: str = Field(description="downloading | verifying | ready | failed")
+    bytes_done: int
+    bytes_total: int
+    revision: str | None
+    error: WeightErrorOut | None
+    updated_at: datetime
+
+
 class DeploymentOut(BaseModel):
     id: uuid.UUID
     name: str
@@ -75,13 +92,15 @@ class DeploymentOut(BaseModel):
         default=None, description="Set while a budget caps scale-up: existing replicas keep "
                                   "serving, no more are added.")
     replica_start: ReplicaStartOut | None = None
+    weights: list[WeightDownloadOut] = Field(
+        default_factory=list, description="Weight downloads per node (progress, errors).")
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None
 
     @classmethod
-    def of(cls, d: Deployment, scale_cap: Any = None, replica_start: Any = None
-           ) -> DeploymentOut:
+    def of(cls, d: Deployment, scale_cap: Any = None, replica_start: Any = None,
+           weights: list[dict[str, Any]] | None = None) -> DeploymentOut:
         """From the row, the cap in force (``finops.budgets.ScaleCap``) and the start
         estimate (``autoscaler.startup.StartupEstimate``)."""
         return cls(
@@ -93,16 +112,19 @@ class DeploymentOut(BaseModel):
                 seconds=replica_start.seconds, source=replica_start.source,
                 node_boot_s=replica_start.node_boot_s, model_load_s=replica_start.model_load_s,
                 samples=replica_start.samples),
+            weights=[WeightDownloadOut.model_validate(w) for w in weights or []],
             created_at=d.created_at, updated_at=d.updated_at, deleted_at=d.deleted_at)
 
     @classmethod
     def of_view(cls, v: Any) -> DeploymentOut:
         """From ``control_api.services.deployments.DeploymentView``."""
-        return cls.of(v.deployment, v.scale_cap, v.replica_start)
+        return cls.of(v.deployment, v.scale_cap, v.replica_start,
+                      getattr(v, "weights", None))
 
 
 class DeploymentWritten(DeploymentOut):
-    change: str = Field(description="created | updated | unchanged")
+    change: str = Field(description="created | updated | unchanged | retried (unchanged, "
+                                    "but its failed weight download is retried)")
 
 
 class DeploymentWriteResult(BaseModel):

@@ -45,6 +45,7 @@ from control_api.serve_client import (
     live_replica_count,
     runs_config,
 )
+from control_api.services import weights
 from core.db import utcnow
 from core.models import (
     ActionLog,
@@ -117,7 +118,7 @@ def get_deployment(session: Session, principal: Principal, ref: str) -> Deployme
 @dataclass(frozen=True)
 class UpsertResult:
     deployment: Deployment
-    change: str  # created | updated | unchanged
+    change: str  # created | updated | unchanged | retried (its failed weights are retried)
 
 
 def upsert(session: Session, principal: Principal, spec: DeploymentFile,
@@ -145,9 +146,14 @@ def upsert(session: Session, principal: Principal, spec: DeploymentFile,
         elif dep.spec == doc and dep.deleted_at is None:
             if dep.model_id is None:  # stored before models were linked
                 dep.model_id = _model_row(session, item).id
-            results.append(UpsertResult(dep, "unchanged"))
-            continue
+            if not weights.clear(session, dep.id):
+                results.append(UpsertResult(dep, "unchanged"))
+                continue
+            # Its weights had failed (kept out of Serve): applying it again retries.
+            dep.status, dep.status_message, dep.updated_at = "pending", "retrying", now
+            change = "retried"
         else:
+            weights.clear(session, dep.id)
             dep.spec = doc
             dep.version += 1
             dep.deleted_at = None
@@ -331,7 +337,9 @@ def desired_config(session: Session, target: ServeTarget, render: RenderServeCon
 
     A stored spec that no longer validates raises ``ValidationError`` before anything is read
     or rendered from it."""
-    deps = active_deployments(session)
+    failed = weights.failed_deployment_ids(session)
+    # A deployment whose weights failed is left out: Serve starts no replica of it.
+    deps = [d for d in active_deployments(session) if d.id not in failed]
     specs = [d.spec for d in deps]
     capped: dict[str, int] = {}
     starts: dict[str, float] = {}
@@ -386,8 +394,11 @@ def apply_all(session: Session, serve_client: ServeClient | None,
             message = exc.reason
         except ServeError as exc:
             status, message = "failed", exc.reason
+    failed = weights.failed_deployment_ids(session)
     for dep in session.scalars(select(Deployment).where(
             or_(Deployment.deleted_at.is_(None), Deployment.status == "deleting"))):
+        if dep.id in failed and dep.deleted_at is None:
+            continue  # keeps its "failed" status and the download's error
         if dep.deleted_at is not None:
             if ok:
                 dep.status, dep.status_message = "deleted", None
@@ -428,8 +439,9 @@ def record_serve_status(session: Session, details: dict[str, Any], app_name: str
     if status is None:
         return None
     ours, message = status
+    failed = weights.failed_deployment_ids(session)
     for dep in active_deployments(session):
-        if dep.status in ("applied", "running", "unhealthy") and (
+        if dep.id not in failed and dep.status in ("applied", "running", "unhealthy") and (
                 dep.status, dep.status_message) != (ours, message):
             dep.status, dep.status_message, dep.updated_at = ours, message, now
     session.flush()
@@ -545,8 +557,10 @@ def serve_sync_job(serve_client: ServeClient | None,
         render = plane.render_serve_config
         if render is None:
             return {"skipped": NO_RENDERER}
-        unsettled = session.scalar(select(Deployment.id).where(
-            Deployment.status.in_(("pending", "failed", "deleting"))).limit(1))
+        failed = weights.failed_deployment_ids(session)
+        unsettled = next((i for i in session.scalars(select(Deployment.id).where(
+            Deployment.status.in_(("pending", "failed", "deleting"))))
+            if i not in failed), None)
         try:
             details = serve_client.get_applications()
         except ServeError as exc:
@@ -575,12 +589,14 @@ class DeploymentView:
     deployment: Deployment
     scale_cap: ScaleCap | None
     replica_start: StartupEstimate | None
+    weights: list[dict[str, Any]] | None = None
 
 
 def views(session: Session, deps: list[Deployment]) -> list[DeploymentView]:
     """The deployments with their budget cap (None: not capped) and replica start estimate
     (None for deleted ones or a stored spec that no longer validates)."""
     caps = current_scale_caps(session) if deps else {}
+    downloads = weights.downloads(session, [d.id for d in deps])
     out = []
     for d in deps:
         start = None
@@ -589,5 +605,6 @@ def views(session: Session, deps: list[Deployment]) -> list[DeploymentView]:
                 start = replica_start(session, spec_of(d))
             except ValidationError:
                 start = None
-        out.append(DeploymentView(d, caps.get(d.id) if d.deleted_at is None else None, start))
+        out.append(DeploymentView(d, caps.get(d.id) if d.deleted_at is None else None, start,
+                                  downloads.get(d.id, [])))
     return out

@@ -6,6 +6,11 @@ Revises: 0005
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
+import core.db
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -13,8 +18,27 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "weight_downloads",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("deployment_id", sa.Uuid(), nullable=False),
+        sa.Column("node_id", sa.String(length=128), nullable=False),
+        sa.Column("source", sa.String(length=1024), nullable=False),
+        sa.Column("revision", sa.String(length=128), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("bytes_done", sa.BigInteger(), nullable=False),
+        sa.Column("bytes_total", sa.BigInteger(), nullable=False),
+        sa.Column("error_code", sa.String(length=64), nullable=True),
+        sa.Column("error_message", sa.String(length=2000), nullable=True),
+        sa.Column("updated_at", core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["deployment_id"], ["deployments.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("deployment_id", "node_id", name="uq_weight_download_node"),
+    )
+    op.create_index(op.f("ix_weight_downloads_deployment_id"), "weight_downloads",
+                    ["deployment_id"], unique=False)
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index(op.f("ix_weight_downloads_deployment_id"), table_name="weight_downloads")
+    op.drop_table("weight_downloads")
