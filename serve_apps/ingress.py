@@ -179,9 +179,14 @@ class InventivIngress(OpenAiIngress):
             if endpoint == "chat":
                 body.max_completion_tokens = checked.max_tokens
             if checked.stream:
+                # The final usage chunk always (the exact totals); running totals on every
+                # chunk only when the client asked: the engine then serialises, and the
+                # meter strips, no usage per chunk (a cut stream is billed by its token
+                # events, see serve_apps.metering).
                 options_type = _stream_options_type(type(body))
-                body.stream_options = options_type(include_usage=True,
-                                                   continuous_usage_stats=True)
+                body.stream_options = options_type(
+                    include_usage=True,
+                    continuous_usage_stats=checked.client_continuous_usage)
         # The stock route method of the same name (``chat``, ``completions``, ``embeddings``).
         method: Callable[..., Awaitable[Any]] = getattr(OpenAiIngress, endpoint)
 

@@ -1,9 +1,14 @@
 """One usage event per request: token counts, timings and how the request ended.
 
 Streams: usage is read from the engine's own chunks. The ingress forces
-``stream_options={"include_usage": true, "continuous_usage_stats": true}`` upstream, so every
-chunk carries the running totals and a client that disconnects mid-stream is still billed for
-what was generated; what the client did not ask for is stripped from its stream. Ray may pack
+``stream_options.include_usage`` upstream, so the stream ends with the engine's exact totals
+(the usage-only chunk), and asks for ``continuous_usage_stats`` (running totals on every
+chunk) only when the client did. A stream cut before its final usage chunk (the client went
+away, an error, the deadline) is billed ``max(running totals seen, token events relayed)``:
+the engine sends one event per generated token and choice (vLLM's role-only first event
+excepted), so no chunk has to carry, or be parsed for, usage; what the client did not ask for
+is stripped from its stream. Events after the first token that carry neither ``usage`` nor
+``error`` are passed on as they are, without parsing (:func:`rewrite_event`). Ray may pack
 several SSE events into one chunk (and an event could straddle two), hence ``SseSplitter``.
 A stream that delivered ``[DONE]`` is ``completed`` even if the client hangs up right after
 (the ``openai`` client does). A ``rejected`` request (refused before any engine saw it:
@@ -77,6 +82,10 @@ class Meter:
     status: str = ""
     # The stream's chunk head proved by the fast path (see ``_rewrite_fast``).
     fast_head: str = field(default="", repr=False)
+    # Token events relayed (one per generated token and choice) and whether the engine's
+    # final usage chunk arrived: without it, the tokens billed are at least the events.
+    token_events: int = 0
+    final_usage_seen: bool = False
 
     def __post_init__(self) -> None:
         if not self.started:
@@ -109,6 +118,9 @@ class Meter:
             # Refused before any engine saw it (validation, limits, budgets, a full queue,
             # FastAPI's parsing): nothing was consumed, nothing is billed.
             self.prompt_tokens = self.completion_tokens = 0
+        elif not self.final_usage_seen and self.token_events > self.completion_tokens:
+            # Cut before the engine's final totals: what was relayed was generated.
+            self.completion_tokens = self.token_events
         self.record({
             "request_id": self.request_id, "api_key_id": self.api_key_id,
             "org_id": self.org_id, "user_id": self.user_id, "model": self.model,
@@ -128,6 +140,20 @@ def _has_content(obj: dict[str, Any]) -> bool:
     return False
 
 
+def _token_events(obj: dict[str, Any]) -> int:
+    """Generated tokens an event stands for: one per choice with a ``delta`` (chat) or a
+    ``text`` (completions), except the role-only event that opens a chat choice."""
+    n = 0
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if "text" in choice or ("delta" in choice and not (
+                isinstance(delta, dict) and delta.get("role"))):
+            n += 1
+    return n
+
+
 def rewrite_event(data: str, meter: Meter, *, keep_usage: bool, keep_continuous: bool
                   ) -> str | None:
     """Meter one ``data:`` payload; return the payload to send on (None: drop the event).
@@ -138,6 +164,12 @@ def rewrite_event(data: str, meter: Meter, *, keep_usage: bool, keep_continuous:
         meter.done_seen = True
         return data
     if meter.first_token_at is not None:
+        if '"usage"' not in data and '"error"' not in data and '"role"' not in data:
+            # No member named usage or error (in JSON text a key's quotes are never escaped):
+            # the exact path would meter nothing and send the payload unchanged. Counted as
+            # token events without parsing (see ``_token_events``).
+            meter.token_events += data.count('"delta":') + data.count('"text":')
+            return data
         out = _rewrite_fast(data, meter, keep_usage, keep_continuous)
         if out is not _NOT_FAST:
             return out  # type: ignore[return-value]
@@ -158,12 +190,14 @@ def _rewrite_exact(data: str, meter: Meter, *, keep_usage: bool, keep_continuous
         return data
     usage = obj.get("usage")
     meter.usage(usage)
+    meter.token_events += _token_events(obj)
     if _has_content(obj):
         meter.first_token()
     if usage is None:
         return data
     final = not obj.get("choices")  # the usage-only chunk at the end
     if final:
+        meter.final_usage_seen = True
         return data if keep_usage else None
     if keep_usage and keep_continuous:
         return data
@@ -216,7 +250,10 @@ def _rewrite_fast(data: str, meter: Meter, keep_usage: bool, keep_continuous: bo
         return _NOT_FAST
     meter.usage(usage)
     if data.startswith("]", len(head)):  # "choices":[] — the usage-only chunk at the end
+        meter.final_usage_seen = True
         return data if keep_usage else None
+    if '"role"' not in data:  # as _token_events: a role-only event is no token
+        meter.token_events += data.count('"delta":') + data.count('"text":')
     if keep_usage and keep_continuous:
         return data
     return data[:cut] + data[end:]
