@@ -30,12 +30,21 @@ format (the same pydantic models, serialised the same way, see
   no budget, generation runs to the model length like vLLM (capped by ``max_model_len``);
 - a prompt plus budget longer than ``max_model_len`` is a 400 ``ErrorResponse``, as in vLLM.
 
-Embeddings, transcriptions and LoRA are not implemented (an error response / exception says so).
+LoRA adapters go through Ray Serve LLM's multiplexing as with vLLM: ``LLMServer`` downloads the
+adapter from the deployment's ``lora_config.dynamic_lora_loading_path`` (``s3://``, ``gs://``,
+``abfss://``/``azure://``) to its disk cache, then calls :meth:`NullEngine.resolve_lora`, which
+checks the folder holds a PEFT adapter (``adapter_config.json`` with its ``r`` and
+``target_modules``, and ``adapter_model.safetensors`` or ``.bin``) and registers it under its id
+(``<model>:<adapter>``); an answer's ``model`` is the id it was asked for (the adapter's), as with
+vLLM. A ``<model>:<adapter>`` request for an adapter never resolved is a 404 ``ErrorResponse``, as
+vLLM answers an unknown LoRA name. Embeddings and transcriptions are not implemented (an error
+response says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncGenerator
@@ -103,6 +112,8 @@ class NullEngine(LLMEngine):
         self.tokenizer = tokenizer
         self._running = False
         self.requests_served = 0
+        # Resolved LoRA adapters: id (`<model>:<adapter>`) -> local folder.
+        self.adapters: dict[str, str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -135,7 +146,32 @@ class NullEngine(LLMEngine):
         return {}
 
     async def resolve_lora(self, lora_model: Any) -> None:
-        raise NotImplementedError("the null engine does not load LoRA adapters")
+        """Register an adapter Ray Serve LLM downloaded (a ``DiskMultiplexConfig``): idempotent
+        like ``VLLMEngine.resolve_lora``; a folder that is no PEFT adapter raises ``ValueError``
+        (vLLM's "Failed to load lora model"), which Serve answers as an error."""
+        model_id = str(lora_model.model_id)
+        if model_id in self.adapters:
+            return
+        folder = Path(str(lora_model.local_path))
+        try:
+            config = json.loads((folder / "adapter_config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"Failed to load lora model {model_id}: no readable "
+                             f"adapter_config.json in {folder}") from exc
+        weights = [n for n in ("adapter_model.safetensors", "adapter_model.bin")
+                   if (folder / n).is_file()]
+        if not isinstance(config, dict) or not isinstance(config.get("r"), int) \
+                or config["r"] <= 0 or not config.get("target_modules") or not weights:
+            raise ValueError(f"Failed to load lora model {model_id}: {folder} is not a PEFT "
+                             "LoRA adapter (r, target_modules and adapter weights needed)")
+        self.adapters[model_id] = str(folder)
+
+    def _unknown_adapter(self, model: Any) -> ErrorResponse | None:
+        """vLLM's answer to a LoRA id it has not loaded (multiplexed ids contain ``:``)."""
+        if isinstance(model, str) and ":" in model and model not in self.adapters:
+            return _error(f"The model `{model}` does not exist.", code=404,
+                          type_="NotFoundError", param="model")
+        return None
 
     async def reset_prefix_cache(self) -> None:
         return None
@@ -208,6 +244,10 @@ class NullEngine(LLMEngine):
                    ) -> AsyncGenerator[Any, None]:
         """A chat completion: SSE strings when streaming, else one response object."""
         self.requests_served += 1
+        unknown = self._unknown_adapter(request.model)
+        if unknown is not None:
+            yield unknown
+            return
         prompt_tokens = self.count_chat_prompt(list(request.messages))
         # As vLLM's build_tok_params: max_completion_tokens first, the deprecated max_tokens else.
         requested = request.max_completion_tokens
@@ -286,6 +326,10 @@ class NullEngine(LLMEngine):
                           ) -> AsyncGenerator[Any, None]:
         """A text completion: SSE strings when streaming, else one response object."""
         self.requests_served += 1
+        unknown = self._unknown_adapter(request.model)
+        if unknown is not None:
+            yield unknown
+            return
         counts = self.count_prompt(request.prompt)
         budget_or_error = [self._budget(request.max_tokens, c) for c in counts]
         for b in budget_or_error:

@@ -185,6 +185,72 @@ def test_cli_on_the_printed_api_url_sees_the_nodes_and_their_cost(laptop: Laptop
     assert Decimal(summary["burn_rate_eur_per_hour"]) > 0
 
 
+def _cli_json(lap: Laptop, *args: str) -> Any:
+    import json
+
+    return json.loads(lap.cli(*args, "--json").stdout)
+
+
+@pytest.mark.xfail(strict=False, reason="#12 open: one run in two leaves ~5 % of the worker "
+                   "nodes' cost as platform overhead (attribution of a node that hosted no "
+                   "recorded placement); passes when every node got one")
+def test_walk_through_cost_is_attributed_and_priced_per_million_tokens(laptop: Laptop) -> None:
+    """#12's acceptance: after the walk-through (a chat and embeddings with the ``openai``
+    client), the background refresh attributes >= 99 % of the worker nodes' cost to the
+    deployments whose replicas they hosted, ``inventiv costs unit`` prices each model's tokens
+    (idle included) and ``inventiv costs chargeback`` charges the key's org."""
+    client = openai_client(laptop)
+    assert chat(client, "what does a euro buy?").usage.completion_tokens > 0
+    assert client.embeddings.create(model="all-minilm-l6-v2",
+                                    input=["one", "two"]).usage.prompt_tokens > 0
+
+    def unit() -> dict[str, dict[str, Any]]:
+        items = _cli_json(laptop, "costs", "unit", "--window", "day")["items"]
+        return {i["deployment"] or "(platform overhead)": i for i in items}
+
+    def worker_cost() -> Decimal:
+        # Every worker node of this cluster is a local-L4 (cluster.yaml); the head is no
+        # instance of the control API (a laptop's head costs nothing).
+        items = _cli_json(laptop, "costs", "show", "--window", "day", "--by",
+                          "instance_type")["items"]
+        return sum((Decimal(i["cost_eur"]) for i in items
+                    if (i["name"] or i["key"]) == "local-L4"), Decimal(0))
+
+    def priced(u: dict[str, dict[str, Any]]) -> bool:
+        return all(Decimal(u.get(d, {}).get("eur_per_million_tokens") or 0) > 0
+                   and u[d]["prompt_tokens"] + u[d]["completion_tokens"] > 0
+                   for d in ("tiny-chat", "minilm-embed"))
+
+    # The background job (finops_refresh, every few seconds on a laptop) alone syncs the spans
+    # and folds the usage the ingress shipped: poll the CLI until both models are priced.
+    assert priced(poll(unit, priced, 180)), unit()
+    # An open span grows between two reads: bracket the attribution by two reads of the nodes.
+    before = worker_cost()
+    u = unit()
+    after = worker_cost()
+    deployed = {"tiny-chat", "minilm-embed", "tiny-burst"}  # every deployment of this stack
+    attributed = sum((Decimal(v["cost_eur"]) for k, v in u.items() if k in deployed), Decimal(0))
+    print(f"\nattribution: worker nodes {before}..{after} EUR, attributed {attributed} EUR; "
+          f"tiny-chat {u['tiny-chat']['eur_per_million_tokens']} EUR/1M, "
+          f"minilm-embed {u['minilm-embed']['eur_per_million_tokens']} EUR/1M", file=sys.stderr)
+    assert before > 0
+    assert Decimal("0.99") * before <= attributed <= after, (u, before, after)
+    for name in ("tiny-chat", "minilm-embed"):
+        assert Decimal(u[name]["cost_eur"]) > 0, u[name]
+        assert Decimal(u[name]["eur_per_million_tokens"]) > 0, u[name]
+        assert Decimal(u[name]["idle_cost_eur"]) <= Decimal(u[name]["cost_eur"])
+
+    charge = _cli_json(laptop, "costs", "chargeback", "--window", "day")
+    total = Decimal(charge["total_eur"])
+    allocated = sum((Decimal(o["cost_eur"]) for o in charge["by_org"] if o["org_id"]),
+                    Decimal(0))
+    assert total > 0 and allocated > 0, charge
+    # Only the printed key's org used the two models: their cost is all its (chargeback is in
+    # cents, one rounding per line); tiny-burst served no token yet, so its cost is unallocated.
+    used = sum((Decimal(u[d]["cost_eur"]) for d in ("tiny-chat", "minilm-embed")), Decimal(0))
+    assert allocated >= used - Decimal("0.02"), (charge, used)
+
+
 def test_burst_adds_a_replica_on_a_new_node_then_both_go(laptop: Laptop) -> None:
     # tiny-burst: the real policy, Serve, autoscaler and local nodes; the null engine (see
     # deployments.yaml), so the new replica does not start a vLLM beside a CPU-bound burst.
