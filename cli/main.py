@@ -22,6 +22,7 @@ from cli import (
     models,
     orgs,
     reconcile,
+    secrets,
     simulate,
     up,
     users,
@@ -61,6 +62,7 @@ app.command("whoami")(auth.whoami)
 app.add_typer(users.app, name="users")
 app.add_typer(orgs.app, name="orgs")
 app.add_typer(keys.app, name="keys")
+app.add_typer(secrets.app, name="secrets")
 app.add_typer(instances.app, name="instances")
 app.command("logs")(logs.logs)
 app.add_typer(costs.app, name="costs")

@@ -134,6 +134,43 @@ def invitations(json_out: JsonOpt = False) -> None:
                 [(i.id, i.org_name, fmt(i.role), i.created_at) for i in items])
 
 
+@app.command("pending")
+@handles_errors
+def pending(org: OrgRef, json_out: JsonOpt = False) -> None:
+    """The organisation's pending invitations (its admins and owners)."""
+    with make_client() as client:
+        found = client.find_org(org)
+        result = client.request("GET", f"/api/orgs/{found.id}/invitations")
+    if json_out:
+        print_json(result)
+        return
+    print_table(f"Pending invitations into {found.name}",
+                ["id", "user", "role", "invited by", "invited"],
+                [(i["id"], i["username"], i["role"], i.get("invited_by"), i["created_at"])
+                 for i in result["items"]], empty="no pending invitation")
+
+
+@app.command("cancel-invitation")
+@handles_errors
+def cancel_invitation(
+    org: OrgRef,
+    invitation: Annotated[str, typer.Argument(help="Invitation id, or the invitee's username.")],
+) -> None:
+    """Withdraw a pending invitation (admin+; an owner for an invitation as owner)."""
+    with make_client() as client:
+        found = client.find_org(org)
+        target = invitation
+        if not is_uuid(invitation):
+            items = client.request("GET", f"/api/orgs/{found.id}/invitations")["items"]
+            match = [i for i in items if i["username"].lower() == invitation.lower()]
+            if not match:
+                raise ControlApiError(404, "invitation_not_found",
+                                      f"no pending invitation of {invitation!r}")
+            target = match[0]["id"]
+        client.request("DELETE", f"/api/orgs/{found.id}/invitations/{target}")
+    info(f"Withdrew the invitation {invitation} into {found.name}")
+
+
 @app.command("accept")
 @handles_errors
 def accept(invitation: Annotated[str, typer.Argument(help="Invitation id, or org name.")],

@@ -177,13 +177,19 @@ class OrgInvitation(Base):
     once the invited user accepts it."""
 
     __tablename__ = "org_invitations"
-    __table_args__ = (UniqueConstraint("org_id", "user_id", name="uq_invitation_org_user"),)
+    __table_args__ = (UniqueConstraint("org_id", "user_id", name="uq_invitation_org_user"),
+                      UniqueConstraint("org_id", "invited_username",
+                                       name="uq_invitation_org_username"))
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[uuid.UUID] = mapped_column(
+    # NULL while the invited username names no active non-member user: the invitation is kept
+    # anyway (so the org's pending list never tells which usernames exist) and binds to the
+    # user who holds that username when they look at their invitations.
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
+    invited_username: Mapped[str | None] = mapped_column(String(64))
     role: Mapped[Role] = mapped_column(_enum(Role, "invitation_role"))
     invited_by: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL")

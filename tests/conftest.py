@@ -179,9 +179,10 @@ class Factory:
             return org.id
 
     def user(self, org_id: uuid.UUID | None = None, role: Role | str | None = None,
-             platform_admin: bool = False, password: str = "user-password-123") -> TestUser:
+             platform_admin: bool = False, password: str = "user-password-123",
+             username: str | None = None) -> TestUser:
         self._n += 1
-        username = f"user{self._n}-{uuid.uuid4().hex[:6]}"
+        username = username or f"user{self._n}-{uuid.uuid4().hex[:6]}"
         passwords = self.app.state.passwords  # type: ignore[attr-defined]
         with self._session() as s, s.begin():
             user = User(username=username, email=f"{username}@example.com",

@@ -1,4 +1,4 @@
-"""Routes under /api/orgs: organisations and their members."""
+"""Routes under /api/orgs: organisations, their members and their pending invitations."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from control_api.schemas.identity import (
     OrgOut,
     OrgUpdate,
 )
+from control_api.schemas.org_invitations import OrgInvitationList, OrgInvitationOut
 from control_api.services import identity
 from core.models import Membership, Org, Role, User
 
@@ -110,4 +111,30 @@ def remove_member(id: uuid.UUID, user_id: uuid.UUID, principal: PrincipalDep,  #
     """Remove a member (admin+; owner to remove an owner; the last owner stays)."""
     org = identity.visible_org(db, principal, id)
     identity.remove_member(db, principal, org, user_id)
+    return Response(status_code=204)
+
+
+@router.get("/{id}/invitations", response_model=OrgInvitationList,
+            openapi_extra=access("org:admin"))
+def list_org_invitations(id: uuid.UUID, principal: PrincipalDep,  # noqa: A002
+                         db: SessionDep) -> OrgInvitationList:
+    """The organisation's pending invitations, newest first (admin+; 404 outside your orgs).
+    Invitees are named by username; their email shows only once they join."""
+    org = identity.visible_org(db, principal, id)
+    return OrgInvitationList(items=[
+        OrgInvitationOut(id=p.invitation.id, org_id=p.invitation.org_id, username=p.username,
+                         role=p.invitation.role, invited_by=p.invited_by,
+                         created_at=p.invitation.created_at)
+        for p in identity.org_invitations(db, principal, org)])
+
+
+@router.delete("/{id}/invitations/{invitation_id}", status_code=204,
+               openapi_extra=access("org:admin"))
+def cancel_org_invitation(id: uuid.UUID, invitation_id: uuid.UUID,  # noqa: A002
+                          principal: PrincipalDep, db: SessionDep) -> Response:
+    """Withdraw a pending invitation (admin+; owner for an invitation as owner). 404
+    ``invitation_not_found`` unless it is a pending invitation of this organisation (accepted,
+    declined or withdrawn ones are gone)."""
+    org = identity.visible_org(db, principal, id)
+    identity.cancel_invitation(db, principal, org, invitation_id)
     return Response(status_code=204)

@@ -3,26 +3,74 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from control_api.errors import Unprocessable
+from core.spec import DeploymentFile, DeploymentSpec, SecretRef
+
 if TYPE_CHECKING:  # the wire format loads no SQLAlchemy (see control_api.schemas)
     from core.models import Deployment
 
 MAX_YAML_CHARS = 256 * 1024
-# What an ``env`` value reads as in every answer: values are write-only (they hold secrets such
-# as HF_TOKEN). Writing it back keeps the stored value.
+# What a literal ``env`` value reads as in every answer: literal values are write-only (they may
+# hold secrets an older spec put there in clear). Writing the mask back keeps the stored value.
+# A reference to a stored secret (``{secret: NAME}``) holds no value and reads as itself.
 SECRET_MASK = "***"  # noqa: S105 - the mask, not a secret
 
 
+def _is_secret_ref(value: Any) -> bool:
+    return (isinstance(value, Mapping) and set(value) == {"secret"}
+            and isinstance(value["secret"], str))
+
+
 def masked_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """The stored spec with every ``env`` value replaced by ``***`` (names are kept)."""
+    """The stored spec with every literal ``env`` value replaced by ``***``; names are kept, and
+    ``{secret: NAME}`` references stay visible as references (they name, never hold, a value).
+    ``model.hf_token`` and ``model.s3`` credentials can only be references: shown as stored."""
     env = spec.get("env")
     if not isinstance(env, dict) or not env:
         return spec
-    return {**spec, "env": dict.fromkeys(env, SECRET_MASK)}
+    return {**spec, "env": {k: {"secret": v["secret"]} if _is_secret_ref(v) else SECRET_MASK
+                            for k, v in env.items()}}
+
+
+def restore_masked_env(dep: DeploymentSpec, stored: Mapping[str, Any] | None,
+                       index: int = 0) -> DeploymentSpec:
+    """``dep`` with each ``env`` value written back as ``***`` replaced by the value stored for
+    that name: a literal stays a literal, a reference is rebuilt as a :class:`SecretRef` (not
+    a bare dict, so the spec dumps and compares like a freshly parsed one). A ``***`` with no
+    stored value is refused (422 ``invalid_deployment``, naming the field): storing the mask
+    itself as a value would silently break the replica."""
+    masked = [k for k, v in dep.env.items() if v == SECRET_MASK]
+    if not masked:
+        return dep
+    old_env = (stored or {}).get("env") or {}
+    missing = [k for k in masked if k not in old_env or old_env[k] == SECRET_MASK]
+    if missing:
+        fields = [f"deployments[{index}].env.{k}" for k in missing]
+        raise Unprocessable(f"{', '.join(fields)}: `***` keeps a stored value, and "
+                            f"{dep.name!r} has none for it", code="invalid_deployment",
+                            details=[{"field": f, "line": None,
+                                      "message": "`***` keeps a stored value; none is stored"}
+                                     for f in fields])
+    env: dict[str, str | SecretRef] = dict(dep.env)
+    for k in masked:
+        old = old_env[k]
+        env[k] = SecretRef.model_validate(old) if _is_secret_ref(old) else str(old)
+    return dep.model_copy(update={"env": env})
+
+
+def keep_stored_secrets(spec: DeploymentFile,
+                        stored: Mapping[str, Mapping[str, Any]]) -> DeploymentFile:
+    """Every deployment of ``spec`` through :func:`restore_masked_env`, against ``stored``
+    (deployment name -> its stored spec JSON)."""
+    out = [restore_masked_env(dep, stored.get(dep.name), i)
+           for i, dep in enumerate(spec.deployments)]
+    return spec.model_copy(update={"deployments": out})
 
 
 class DeploymentWrite(BaseModel):
@@ -85,7 +133,9 @@ class DeploymentOut(BaseModel):
     version: int
     status: str
     status_message: str | None
-    spec: dict[str, Any] = Field(description="The stored spec; `env` values read `***`.")
+    spec: dict[str, Any] = Field(description="The stored spec; literal `env` values read "
+                                             "`***`, `{secret: NAME}` references read as "
+                                             "themselves (never a value).")
     model_id: uuid.UUID | None = Field(
         default=None, description="The `models` row of the served model name (spec.model.name).")
     scale_cap: ScaleCapOut | None = Field(

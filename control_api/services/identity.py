@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import and_, delete, false, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from control_api.deps import Principal
 from control_api.errors import (
@@ -386,35 +386,54 @@ def invite_member(db: Session, actor: Principal, org: Org, *, user_id: uuid.UUID
     actor.require_role(org.id, Role.ADMIN)
     _require_owner_change_allowed(actor, org.id, role)
     user = _user_by_ref(db, user_id, username)
+    # The org's members read its action log: it records the request as made, never whether
+    # the user exists (``member.add`` records the join once they accept).
     details: dict[str, Any] = {"role": role.value, "username": username,
                                "target_user_id": str(user_id) if user_id else None}
-    if user is not None and user.is_active and db.scalar(select(Membership.id).where(
-            Membership.org_id == org.id, Membership.user_id == user.id)) is None:
-        inv = db.scalar(select(OrgInvitation).where(OrgInvitation.org_id == org.id,
-                                                    OrgInvitation.user_id == user.id))
+    invitable = user is not None and user.is_active and db.scalar(select(Membership.id).where(
+        Membership.org_id == org.id, Membership.user_id == user.id)) is None
+    if invitable or username is not None:
+        # By username, a row is kept whatever the username names (nobody, a disabled user, a
+        # member): the org's pending list then shows every request alike. Only an invitable
+        # user's row carries their id; the others bind by username (see invitations_of).
+        uid = user.id if invitable and user is not None else None
+        name = (username or (user.username if user is not None else None))
+        key = (OrgInvitation.user_id == uid if uid is not None
+               else func.lower(OrgInvitation.invited_username) == (name or "").lower())
+        inv = db.scalar(select(OrgInvitation).where(OrgInvitation.org_id == org.id, key))
         if inv is None:
-            db.add(OrgInvitation(org_id=org.id, user_id=user.id, role=role,
+            db.add(OrgInvitation(org_id=org.id, user_id=uid, invited_username=name, role=role,
                                  invited_by=actor.user_id))
         else:
             inv.role, inv.invited_by, inv.created_at = role, actor.user_id, utcnow()
         db.flush()
-        details["target_user_id"] = str(user.id)
-        details["invited"] = True
-    else:
-        details["invited"] = False
     log_action(db, "member.invite", user_id=actor.user_id, org_id=org.id, details=details)
 
 
+def _addressed_to(db: Session, user_id: uuid.UUID) -> Any:
+    """Invitations addressed to the user: by id, or by their username (invitations made
+    before the username named them, or while they were disabled or a member)."""
+    user = db.get(User, user_id)
+    by_name = (and_(OrgInvitation.user_id.is_(None),
+                    func.lower(OrgInvitation.invited_username) == user.username.lower())
+               if user is not None and user.is_active else false())
+    return or_(OrgInvitation.user_id == user_id, by_name)
+
+
 def invitations_of(db: Session, user_id: uuid.UUID) -> list[tuple[OrgInvitation, Org]]:
-    """The user's pending invitations with their orgs, by org name."""
+    """The user's pending invitations with their orgs, by org name (none into an org they
+    already belong to)."""
+    member_of = select(Membership.org_id).where(Membership.user_id == user_id)
     return list(db.execute(
         select(OrgInvitation, Org).join(Org, Org.id == OrgInvitation.org_id)
-        .where(OrgInvitation.user_id == user_id).order_by(Org.name)).tuples())
+        .where(_addressed_to(db, user_id), OrgInvitation.org_id.not_in(member_of))
+        .order_by(Org.name)).tuples())
 
 
 def _my_invitation(db: Session, principal: Principal, invitation_id: uuid.UUID) -> OrgInvitation:
-    inv = db.get(OrgInvitation, invitation_id)
-    if inv is None or inv.user_id != principal.user_id:
+    inv = db.scalar(select(OrgInvitation).where(OrgInvitation.id == invitation_id,
+                                                _addressed_to(db, principal.user_id)))
+    if inv is None:
         raise NotFound("invitation not found")
     return inv
 
@@ -444,6 +463,47 @@ def decline_invitation(db: Session, principal: Principal, invitation_id: uuid.UU
     db.delete(inv)
     db.flush()
     log_action(db, "member.decline", user_id=principal.user_id, org_id=org_id)
+
+
+@dataclass(frozen=True)
+class PendingInvitation:
+    """An org's pending invitation as its admins see it: who is invited (username, never the
+    email: that is shown only once they join), with which role, by whom, since when."""
+
+    invitation: OrgInvitation
+    username: str
+    invited_by: str | None
+
+
+def org_invitations(db: Session, actor: Principal, org: Org) -> list[PendingInvitation]:
+    """The org's pending invitations, newest first (admin+ of the org, or platform admin)."""
+    actor.require_role(org.id, Role.ADMIN)
+    inviter = aliased(User)
+    rows = db.execute(
+        select(OrgInvitation, User.username, inviter.username)
+        .outerjoin(User, User.id == OrgInvitation.user_id)
+        .outerjoin(inviter, inviter.id == OrgInvitation.invited_by)
+        .where(OrgInvitation.org_id == org.id)
+        .order_by(OrgInvitation.created_at.desc(), OrgInvitation.id)).tuples()
+    return [PendingInvitation(inv, username or inv.invited_username or "", by)
+            for inv, username, by in rows]
+
+
+def cancel_invitation(db: Session, actor: Principal, org: Org,
+                      invitation_id: uuid.UUID) -> None:
+    """Withdraw a pending invitation (admin+; owner for an invitation as owner, as to issue
+    one). 404 ``invitation_not_found`` unless it is a pending invitation of this org."""
+    actor.require_role(org.id, Role.ADMIN)
+    inv = db.get(OrgInvitation, invitation_id)
+    if inv is None or inv.org_id != org.id:
+        raise NotFound("invitation not found", code="invitation_not_found")
+    _require_owner_change_allowed(actor, org.id, inv.role)
+    role = inv.role
+    db.delete(inv)
+    db.flush()
+    # No invitee id: the org's viewers read this log, and the invitation list is for admins.
+    log_action(db, "member.invite_cancel", user_id=actor.user_id, org_id=org.id,
+               details={"invitation_id": str(invitation_id), "role": role.value})
 
 
 def _membership(db: Session, org_id: uuid.UUID, user_id: uuid.UUID) -> tuple[Membership, User]:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from control_api.deps import Principal
 from control_api.errors import ApiError, Conflict, NotFound, Unprocessable
+from control_api.schemas.deployments import keep_stored_secrets
 from control_api.services.identity import log_action
 from control_api.settings import Settings
 from core.db import utcnow
@@ -177,6 +178,26 @@ def require_secret_refs(db: Session, spec: DeploymentFile) -> None:
     missing = missing_secret_refs(db, spec)
     if missing:
         raise Unprocessable("; ".join(missing), code="unknown_secret", details=missing)
+
+
+def stored_specs(db: Session, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Deployment name -> its stored spec JSON (deleted ones too: a re-apply revives them)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    rows = db.execute(select(Deployment.name, Deployment.spec)
+                      .where(Deployment.name.in_(wanted))).tuples()
+    return {name: spec or {} for name, spec in rows}
+
+
+def spec_to_store(db: Session, spec: DeploymentFile) -> DeploymentFile:
+    """The deployment file as it will be stored: ``env`` values written back as ``***`` keep
+    the stored value (a literal, or a ``{secret: NAME}`` rebuilt as a reference), then every
+    secret reference must name a stored secret (422 ``unknown_secret`` naming the field).
+    Call it on the write path before anything is stored or fetched with the spec's secrets."""
+    restored = keep_stored_secrets(spec, stored_specs(db, (d.name for d in spec.deployments)))
+    require_secret_refs(db, restored)
+    return restored
 
 
 def _live_deployments(db: Session) -> list[Deployment]:

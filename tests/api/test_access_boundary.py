@@ -425,8 +425,39 @@ def test_membership_is_an_invitation_the_user_accepts(client: TestClient, factor
     assert ok.status_code == 200 and ok.json()["role"] == "member"
     members = client.get(f"/api/orgs/{org}/members", headers=admin.headers).json()["items"]
     assert {m["username"] for m in members} == {admin.username, invitee.username}
+    # The unknown username's invitation stays pending like any other: the admins' list does
+    # not tell which usernames exist (it binds to whoever holds that username later).
+    pending = client.get(f"/api/orgs/{org}/invitations", headers=admin.headers).json()["items"]
+    assert [p["username"] for p in pending] == ["no-such-user-xyz"]
     with db() as s:
-        assert s.scalar(select(func.count()).select_from(OrgInvitation)) == 0
+        assert s.scalar(select(func.count()).select_from(OrgInvitation)) == 1
+
+
+def test_pending_invitations_do_not_tell_which_usernames_exist(
+        client: TestClient, factory: Factory) -> None:
+    """An existing user, a disabled one, a member and a username nobody holds: each invite
+    leaves one pending row of the same shape; a user created later under an invited username
+    sees and accepts that invitation."""
+    org = factory.org()
+    admin = factory.user(org, Role.ADMIN)
+    member = factory.user(org, Role.MEMBER)
+    existing = factory.user()
+    later = f"later-{uuid.uuid4().hex[:6]}"
+    names = [existing.username, member.username, later]
+    for name in names:
+        r = client.post(f"/api/orgs/{org}/members", json={"username": name, "role": "member"},
+                        headers=admin.headers)
+        assert r.status_code == 202, r.text
+    pending = client.get(f"/api/orgs/{org}/invitations", headers=admin.headers).json()["items"]
+    assert sorted(p["username"] for p in pending) == sorted(names)
+    assert len({frozenset(p) for p in pending}) == 1  # the same fields for every row
+    # The member is not offered an invitation into an org they are in.
+    assert client.get("/api/auth/invitations", headers=member.headers).json()["items"] == []
+    newcomer = factory.user(username=later)
+    mine = client.get("/api/auth/invitations", headers=newcomer.headers).json()["items"]
+    assert [i["org_id"] for i in mine] == [str(org)]
+    ok = client.post(f"/api/auth/invitations/{mine[0]['id']}/accept", headers=newcomer.headers)
+    assert ok.status_code == 200 and ok.json()["role"] == "member"
 
 
 # ---------------------------------------------------------------- data-level isolation

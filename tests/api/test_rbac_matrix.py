@@ -171,6 +171,7 @@ PATH_PARAMS: dict[tuple[str, str], PathResolver] = {
     ("/api/instances", "id"): lambda w: w.instance_id,
     ("/api/catalog/instance-types", "id"): lambda w: w.instance_type_id,
     ("/api/auth/invitations", "id"): lambda w: w.invitation_id,
+    ("/api/orgs", "invitation_id"): lambda w: w.invitation_id,
 }
 PARAMS_BY_NAME: dict[str, PathResolver] = {
     "org_id": lambda w: w.org_a,
@@ -184,7 +185,8 @@ PARAMS_BY_NAME: dict[str, PathResolver] = {
     "token_id": lambda w: w.service_token_id,
 }
 # Path parameters that point at an object owned by org A (a foreign caller must get 404).
-ORG_A_OBJECTS = {("/api/orgs", "id"), ("/api/orgs", "user_id"), ("/api/api-keys", "id"),
+ORG_A_OBJECTS = {("/api/orgs", "id"), ("/api/orgs", "user_id"), ("/api/orgs", "invitation_id"),
+                 ("/api/api-keys", "id"),
                  ("name", "org_id"), ("name", "api_key_id"), ("name", "key_id")}
 
 
