@@ -1,7 +1,9 @@
 """`inventiv deploy -f FILE` and `inventiv deployments list|show|delete`.
 
 ``deploy`` sends the YAML text itself (``{"yaml": ...}``), so validation errors come back with
-the field and the line of the file.
+the field and the line of the file. It prints the commit each ``hf:`` revision was pinned to
+and the warnings (a revision left unpinned, a fit not checked); a refusal because no GPU fits
+lists each candidate with its numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from urllib.parse import quote
 import typer
 
 from cli.config import make_client
-from cli.output import JsonOpt, fail, handles_errors, print_fields, print_json, print_table
+from cli.output import (
+    JsonOpt,
+    fail,
+    handles_errors,
+    info,
+    print_fields,
+    print_json,
+    print_table,
+    warn,
+)
 from control_api.client.api import ControlApiError
 
 app = typer.Typer(help="Model deployments (applied to Ray Serve by the control API).",
@@ -39,7 +50,32 @@ def _raise_with_details(exc: ControlApiError) -> NoReturn:
             where = f" (line {d.get('line')})" if d.get("line") is not None else ""
             lines.append(f"  {d.get('field') or '<root>'}{where}: {d.get('message')}")
         raise fail(exc.code, "invalid deployment file:\n" + "\n".join(lines)) from None
+    if exc.code == "no_gpu_fits" and isinstance(exc.details, dict):
+        _print_fit(exc.details)
     raise exc
+
+
+def _print_fit(fit: dict[str, Any]) -> None:
+    """The memory estimate of one replica and each candidate GPU (GB per GPU)."""
+    info(f"Fit: needs {fit.get('need_gb')} GB per GPU = weights {fit.get('weights_gb')} + KV "
+         f"cache {fit.get('kv_cache_gb')} + overhead {fit.get('overhead_gb')} ({fit.get('dtype')}"
+         f", tensor_parallel_size {fit.get('tensor_parallel_size')}, gpu_memory_utilization "
+         f"{fit.get('gpu_memory_utilization')})")
+    print_table("Candidate GPUs (GB per GPU)", ["gpu", "memory", "usable", "fits"],
+                [(c.get("gpu"), c.get("gpu_memory_gb"), c.get("usable_gb"),
+                  "yes" if c.get("fits") else "no") for c in fit.get("candidates") or []])
+
+
+def _pin(d: dict[str, Any]) -> str:
+    """``main -> 0123abcd4567`` (pinned), ``main (not pinned)``, or empty (nothing to pin)."""
+    src = d.get("source") or {}
+    asked = src.get("revision_requested") or "main"
+    if src.get("revision"):
+        return f"{asked} -> {str(src['revision'])[:12]}"
+    if str(src.get("requested") or "").startswith("hf:") or any(
+            w.startswith("revision not pinned") for w in src.get("warnings") or []):
+        return f"{asked} (not pinned)"
+    return ""
 
 
 @handles_errors
@@ -60,9 +96,12 @@ def deploy(
     if json_out:
         print_json(result)
         return
-    print_table(None, ["name", "version", "change", "status", "message"],
-                [(d["name"], d["version"], d["change"], d["status"], d.get("status_message"))
-                 for d in items])
+    print_table(None, ["name", "version", "change", "status", "revision", "message"],
+                [(d["name"], d["version"], d["change"], d["status"], _pin(d),
+                  d.get("status_message")) for d in items])
+    for d in items:
+        for w in (d.get("source") or {}).get("warnings") or []:
+            warn(f"warning: {d['name']}: {w}")
 
 
 @app.command("list")
@@ -102,7 +141,11 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
         ("message", d.get("status_message")), ("created", d["created_at"]),
         ("updated", d["updated_at"]), ("deleted", d.get("deleted_at")),
         *((key, value) for key, value in (d.get("spec") or {}).items() if key != "name"),
+        *_source_fields(d.get("source")),
     ])
+    fit = (d.get("source") or {}).get("fit")
+    if fit:
+        _print_fit(fit)
     if d.get("weights"):
         print_table("Weights", ["node", "state", "done", "total", "progress", "revision",
                                 "error"],
@@ -111,6 +154,15 @@ def show(name: NameArg, json_out: JsonOpt = False) -> None:
                       if w["bytes_total"] else "", w.get("revision"),
                       f"{w['error']['code']}: {w['error']['message']}" if w.get("error")
                       else "") for w in d["weights"]])
+
+
+def _source_fields(src: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not src:
+        return []
+    return [("source requested", src.get("requested")),
+            ("revision requested", src.get("revision_requested")),
+            ("revision pinned", src.get("revision") or "not pinned"),
+            *(("warning", w) for w in src.get("warnings") or [])]
 
 
 def _size(n: int) -> str:

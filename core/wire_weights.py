@@ -15,8 +15,10 @@ MAX_BYTES = 2**62
 
 
 class WeightError(_Request):
-    """Why a download failed: ``hf_unauthorized``, ``hf_gated``, ``not_found``, ``network``,
-    ``s3_forbidden``, ``hash_mismatch``, ... and a message (never a secret)."""
+    """Why a download failed, and a message (never a secret). Codes: preferably the ones the
+    deploy-time check answers (``source_not_found``, ``source_unauthorized``,
+    ``source_gated``, ``source_unreachable``), so a user reads one vocabulary; and the
+    download's own (``network``, ``hash_mismatch``, ``disk_full``, ...)."""
 
     code: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9_.-]+$")]
     message: Annotated[str, Field(min_length=1, max_length=2000)]

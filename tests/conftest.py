@@ -148,6 +148,21 @@ def service_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {SERVICE_TOKEN}"}
 
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_model_hub() -> Iterator[None]:
+    """Tests never reach huggingface.co, even on a machine with internet: a deploy of an
+    ``hf:`` source talks to ``HF_ENDPOINT``, here a closed local port unless a test (or its
+    fake Hub) sets one. Unreachable, the control API accepts the deploy unpinned."""
+    if "HF_ENDPOINT" in os.environ:
+        yield
+        return
+    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    try:
+        yield
+    finally:
+        os.environ.pop("HF_ENDPOINT", None)
+
 @dataclass
 class TestUser:
     __test__ = False

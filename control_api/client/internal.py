@@ -51,6 +51,7 @@ from core.wire import (
     UsageResult,
 )
 from core.wire_budgets import ApplicableBudgets, ApplicableBudgetsRequest
+from core.wire_weights import WeightProgress, WeightProgressResult
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ LIFECYCLE_PATH = "/api/internal/lifecycle-events"
 USAGE_PATH = "/api/internal/usage"
 VERIFY_PATH = "/api/internal/keys/verify"
 BUDGETS_PATH = "/api/internal/budgets/applicable"
+WEIGHTS_PROGRESS_PATH = "/api/internal/weights/progress"
 _PATHS = {"lifecycle": LIFECYCLE_PATH, "usage": USAGE_PATH}
 # The key-verify error codes meaning "this key does not authorise anything".
 KEY_ERROR_CODES = frozenset(
@@ -228,6 +230,18 @@ class InternalClient:
                                         api_key_id=uuid.UUID(str(api_key_id)),
                                         deployment=deployment).model_dump(mode="json")
         return ApplicableBudgets.model_validate(self._post(BUDGETS_PATH, body).json())
+
+    def weights_progress(self, report: WeightProgress | Mapping[str, Any]) -> WeightProgressResult:
+        """Report a node's weight download progress, or its failure (``state: failed`` with
+        ``error``: the control API then marks the deployment failed and stops its scale-up).
+
+        Latest report per (deployment, node) wins, so a retry (5xx, 429, timeouts) is safe; it
+        is never spooled: a stale progress report is worth nothing once a newer one exists, and
+        the caller reports again. Raises ``ControlApiUnavailable`` when the API cannot answer,
+        ``InternalApiError`` for a refusal (404 ``deployment_not_found``, 422 naming a field)."""
+        body = _as(WeightProgress, report).model_dump(mode="json")
+        return WeightProgressResult.model_validate(
+            self._post(WEIGHTS_PROGRESS_PATH, body).json())
 
     def enqueue_usage(self, record: UsageRecordIn | Mapping[str, Any]) -> None:
         """Buffer one usage record; never does network I/O.

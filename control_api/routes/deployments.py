@@ -7,25 +7,27 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from control_api.deps import AdminDep, NowDep, PrincipalDep, SessionDep, access
-from control_api.errors import NotFound, Unprocessable
+from control_api.errors import ErrorResponse, NotFound, Unprocessable
 from control_api.ports import NO_DATA_PLANE, DataPlane, RenderServeConfig
 from control_api.schemas.deployments import (
     MAX_YAML_CHARS,
-    SECRET_MASK,
-    DeploymentList,
     DeploymentOut,
     DeploymentWrite,
-    DeploymentWriteResult,
-    DeploymentWritten,
+)
+from control_api.schemas.model_source import (
+    ModelSourceOut,
+    SourcedDeploymentList,
+    SourcedDeploymentOut,
+    SourcedDeploymentWriteResult,
+    SourcedDeploymentWritten,
 )
 from control_api.serve_client import ServeClient, client_from_settings
 from control_api.services import deployments as svc
-from core.models import Deployment
+from control_api.services import model_config
+from control_api.services.secrets import spec_to_store
 from core.spec import DeploymentFile, SpecError, SpecIssue, parse_spec
 
 router = APIRouter(prefix="/api/deployments", tags=["deployments"])
@@ -116,72 +118,80 @@ async def _read_spec(request: Request) -> Any:
     return parse_mapping(write.spec)
 
 
-def keep_stored_secrets(db: Session, spec: DeploymentFile) -> DeploymentFile:
-    """``env`` values written back as ``***`` (as every answer shows them) keep the stored
-    value; a ``***`` with no stored value is refused."""
-    out = []
-    for dep in spec.deployments:
-        masked = [k for k, v in dep.env.items() if v == SECRET_MASK]
-        if masked:
-            stored = db.scalar(select(Deployment.spec).where(Deployment.name == dep.name))
-            old_env = (stored or {}).get("env") or {}
-            missing = [k for k in masked if k not in old_env]
-            if missing:
-                raise Unprocessable(f"env {', '.join(missing)}: `***` keeps a stored value, "
-                                    f"and {dep.name!r} has none", code=INVALID)
-            dep = dep.model_copy(update={"env": {**dep.env, **{k: old_env[k] for k in masked}}})
-        out.append(dep)
-    return spec.model_copy(update={"deployments": out})
-
-
-@router.post("", response_model=DeploymentWriteResult,
-             openapi_extra={**access("platform_admin"), **_WRITE_BODY})
+@router.post("", response_model=SourcedDeploymentWriteResult,
+             openapi_extra={**access("platform_admin"), **_WRITE_BODY},
+             responses={503: {"model": ErrorResponse, "description": (
+                 "source_unreachable: the model's source (Hub, Object Storage) answered that "
+                 "it is failing; nothing was stored, retry after Retry-After")}})
 async def put_deployments(request: Request, principal: AdminDep, db: SessionDep,
-                          now: NowDep) -> DeploymentWriteResult:
+                          now: NowDep) -> SourcedDeploymentWriteResult:
     """Create or update (by name) every deployment of a deployment file, then apply the whole
     desired state to Serve (best effort: an unreachable dashboard leaves them ``pending``).
 
     Body: JSON ``{"spec": {...}}`` or ``{"yaml": "..."}``, or the YAML text itself with
     ``Content-Type: application/yaml``. Invalid files: 422 ``invalid_deployment`` whose
-    ``details`` name each field and its line.
+    ``details`` name each field and its line; a secret reference to no stored secret: 422
+    ``unknown_secret``.
+
+    Before anything is stored, each model source is checked (``control_api.services.
+    model_config``): an ``hf:`` revision is pinned to its commit (``spec.model.source`` holds
+    it, ``source.revision_requested`` what was asked), the model's ``config.json`` is read and
+    the replica's GPU memory estimated; a GPU placement where no candidate fits is refused,
+    422 ``no_gpu_fits`` naming each candidate with the numbers, and the estimate fills
+    ``placement.model_memory_gb`` (which the cheapest-fitting-GPU choice filters on). A
+    missing repo, revision, bucket or key: 422 ``source_not_found``; no or a bad token or
+    refused keys: ``source_unauthorized``; a gated repo the token has no access to:
+    ``source_gated``; a source answering 5xx/429: 503 ``source_unreachable``. A source that
+    does not answer at all is stored unpinned, ``source.warnings`` says so.
     """
     spec = await _read_spec(request)
     serve_client, render = serve_client_of(request), renderer_of(request)
+    settings = request.app.state.settings
 
-    def write() -> DeploymentWriteResult:
-        results = svc.upsert(db, principal, keep_stored_secrets(db, spec), now)
+    def write() -> SourcedDeploymentWriteResult:
+        # `***` env values keep the stored ones; every secret reference must be stored.
+        wanted = spec_to_store(db, spec)
+        # Network reads (Hub, Object Storage) before any row is locked or written.
+        prepared = model_config.prepare(db, settings, wanted)
+        results = svc.upsert(db, principal, model_config.prepared_file(wanted, prepared), now)
+        for r, item in zip(results, prepared, strict=True):
+            model_config.record(db, r.deployment.id, item, now)
         if any(r.change != "unchanged" for r in results):
             svc.apply_all(db, serve_client, render, now)
         shown = svc.views(db, [r.deployment for r in results])
-        return DeploymentWriteResult(items=[
-            DeploymentWritten(**DeploymentOut.of_view(v).model_dump(), change=r.change)
+        return SourcedDeploymentWriteResult(items=[
+            SourcedDeploymentWritten(**DeploymentOut.of_view(v).model_dump(), change=r.change,
+                                     source=ModelSourceOut.of(v.source))
             for r, v in zip(results, shown, strict=True)])
 
-    # Database work and the Serve PUT (up to its timeout) block: keep them off the event loop.
+    # Database work, the source checks and the Serve PUT (up to its timeout) block: keep them
+    # off the event loop.
     return await run_in_threadpool(write)
 
 
-@router.get("", response_model=DeploymentList, openapi_extra=access("user"))
+@router.get("", response_model=SourcedDeploymentList, openapi_extra=access("user"))
 def list_deployments(principal: PrincipalDep, db: SessionDep,
-                     include_deleted: Annotated[bool, Query()] = False) -> DeploymentList:
+                     include_deleted: Annotated[bool, Query()] = False) -> SourcedDeploymentList:
     """Deployments by name. Platform admins see all; others those open to every org
     (``allowed_orgs: null``) or to one of theirs; a user in no org sees none. ``env`` values
     read ``***``. Deleted ones only while ``deleting`` unless ``include_deleted``."""
     if not (principal.is_platform_admin or principal.roles):
-        return DeploymentList(items=[])  # in no org: "every org" does not include you
+        return SourcedDeploymentList(items=[])  # in no org: "every org" does not include you
     deps = svc.list_deployments(db, principal, include_deleted=include_deleted)
-    return DeploymentList(items=[DeploymentOut.of_view(v) for v in svc.views(db, deps)])
+    return SourcedDeploymentList(items=[SourcedDeploymentOut.of_view(v)
+                                        for v in svc.views(db, deps)])
 
 
-@router.get("/{ref}", response_model=DeploymentOut, openapi_extra=access("user"))
-def show_deployment(ref: str, principal: PrincipalDep, db: SessionDep) -> DeploymentOut:
+@router.get("/{ref}", response_model=SourcedDeploymentOut, openapi_extra=access("user"))
+def show_deployment(ref: str, principal: PrincipalDep, db: SessionDep) -> SourcedDeploymentOut:
     """One deployment by name or id (404 if not visible to the caller), with ``scale_cap``
-    (the budget guard's cap in force, or null) and ``replica_start`` (the expected start time
-    of a new replica the autoscaling policy holds capacity for)."""
+    (the budget guard's cap in force, or null), ``replica_start`` (the expected start time
+    of a new replica the autoscaling policy holds capacity for), ``weights`` (the download
+    per node) and ``source`` (the revision asked for, the commit it is pinned to, the fit)."""
     if not (principal.is_platform_admin or principal.roles):
         raise NotFound("deployment not found")
     dep = svc.get_deployment(db, principal, ref)
-    return DeploymentOut.of_view(svc.views(db, [dep])[0])
+    return SourcedDeploymentOut.of_view(svc.views(db, [dep])[0])
 
 
 @router.delete("/{ref}", response_model=DeploymentOut, openapi_extra=access("platform_admin"))

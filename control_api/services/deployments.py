@@ -45,7 +45,7 @@ from control_api.serve_client import (
     live_replica_count,
     runs_config,
 )
-from control_api.services import weights
+from control_api.services import model_config, weights
 from core.db import utcnow
 from core.models import (
     ActionLog,
@@ -590,6 +590,7 @@ class DeploymentView:
     scale_cap: ScaleCap | None
     replica_start: StartupEstimate | None
     weights: list[dict[str, Any]] | None = None
+    source: dict[str, Any] | None = None  # the pin and fit (model_config.sources)
 
 
 def views(session: Session, deps: list[Deployment]) -> list[DeploymentView]:
@@ -597,6 +598,7 @@ def views(session: Session, deps: list[Deployment]) -> list[DeploymentView]:
     (None for deleted ones or a stored spec that no longer validates)."""
     caps = current_scale_caps(session) if deps else {}
     downloads = weights.downloads(session, [d.id for d in deps])
+    pins = model_config.sources(session, [d.id for d in deps])
     out = []
     for d in deps:
         start = None
@@ -606,5 +608,5 @@ def views(session: Session, deps: list[Deployment]) -> list[DeploymentView]:
             except ValidationError:
                 start = None
         out.append(DeploymentView(d, caps.get(d.id) if d.deleted_at is None else None, start,
-                                  downloads.get(d.id, [])))
+                                  downloads.get(d.id, []), pins.get(d.id)))
     return out

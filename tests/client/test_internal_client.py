@@ -20,6 +20,7 @@ from core.keys import generate_api_key
 from core.models import (
     ActionLog,
     ApiKey,
+    Deployment,
     Instance,
     InstanceState,
     InstanceStateHistory,
@@ -28,7 +29,9 @@ from core.models import (
     UsageRecord,
     User,
 )
+from core.models_weights import WeightDownload
 from core.wire import LifecycleEventIn, UsageRecordIn
+from core.wire_weights import WeightProgress
 from tests.client.conftest import FaultyProxy, ServerThread
 from tests.conftest import SERVICE_TOKEN
 
@@ -249,3 +252,47 @@ def test_default_backoff_grows_and_is_capped() -> None:
     assert [backoff(i) for i in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
     low = exponential_backoff(base=0.5, cap=4.0, rng=lambda: 0.0)
     assert low(1) == 0.5  # jitter keeps at least half the delay
+
+
+def _deployment(db: sessionmaker[Session], name: str) -> uuid.UUID:
+    spec = {"name": name, "model": {"name": f"{name}-model", "source": "builtin:tiny-llama"},
+            "engine": {"max_model_len": 512}, "limits": {"max_tokens": 16}}
+    with db() as s, s.begin():
+        dep = Deployment(name=name, spec=spec, version=1, status="applied")
+        s.add(dep)
+        s.flush()
+        return dep.id
+
+
+def test_weights_progress_over_http_latest_wins_and_a_failure_marks_it_failed(
+        live_server: ServerThread, faulty_proxy: Callable[..., FaultyProxy], tmp_path: Path,
+        db: sessionmaker[Session]) -> None:
+    dep_id = _deployment(db, "chat-w")
+    proxy = faulty_proxy(live_server.url, ["503", "drop"])
+    report: dict[str, Any] = {
+        "deployment": "chat-w", "node_id": "node-a", "source": "hf:org/m@" + "a" * 40,
+        "revision": "a" * 40, "state": "downloading", "bytes_done": 10, "bytes_total": 100,
+        "error": None}
+    with make_client(proxy.url, tmp_path) as client:
+        # A 503, then an answer lost after the server applied it: retried, one row.
+        assert client.weights_progress(report).accepted is True
+        assert client.stats.retries == 2 and client.spool.count() == 0
+        client.weights_progress(WeightProgress.model_validate({**report, "bytes_done": 60}))
+        with db() as s:
+            rows = list(s.scalars(select(WeightDownload)))
+            assert [(r.deployment_id, r.node_id, r.bytes_done) for r in rows] == [
+                (dep_id, "node-a", 60)]
+        client.weights_progress({**report, "state": "failed", "error": {
+            "code": "source_gated", "message": "403: no access"}})
+        with db() as s:
+            dep = s.get(Deployment, dep_id)
+            assert dep is not None and dep.status == "failed"
+            assert dep.status_message == ("weights failed on node node-a: source_gated: "
+                                          "403: no access")
+        with pytest.raises(InternalApiError) as exc_info:
+            client.weights_progress({**report, "deployment": "nope"})
+        assert (exc_info.value.status, exc_info.value.code) == (404, "deployment_not_found")
+        with pytest.raises(ValidationError):
+            client.weights_progress({**report, "state": "failed"})  # refused before sending
+    assert [a for _, a in proxy.seen] == ["503", "drop", "forward", "forward", "forward",
+                                          "forward"]

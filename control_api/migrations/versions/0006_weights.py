@@ -1,4 +1,4 @@
-"""Weight downloads per node.
+"""Weight downloads per node; the pinned model source and fit estimate of each deployment.
 
 Revision ID: 0006
 Revises: 0005
@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 import core.db
 
@@ -37,8 +38,23 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_weight_downloads_deployment_id"), "weight_downloads",
                     ["deployment_id"], unique=False)
+    op.create_table(
+        "deployment_sources",
+        sa.Column("deployment_id", sa.Uuid(), nullable=False),
+        sa.Column("requested", sa.String(length=1024), nullable=False),
+        sa.Column("revision_requested", sa.String(length=255), nullable=True),
+        sa.Column("revision", sa.String(length=64), nullable=True),
+        sa.Column("pinned_at", core.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("fit", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=True),
+        sa.Column("warnings", sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql"), nullable=False),
+        sa.Column("memory_filled_gb", sa.Float(), nullable=True),
+        sa.Column("updated_at", core.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["deployment_id"], ["deployments.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("deployment_id"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("deployment_sources")
     op.drop_index(op.f("ix_weight_downloads_deployment_id"), table_name="weight_downloads")
     op.drop_table("weight_downloads")
