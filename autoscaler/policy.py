@@ -23,11 +23,24 @@ Semantics (``target = target_ongoing_requests``, ``current = sample.current_repl
   saturating load that does not grow (the backlog a cold start leaves, which the new replica's
   slots drain within one service time) is a marginal overload: it must last
   ``upscale_delay_s``. Without ``max_ongoing_requests``: the rule above.
+- **Young overloads order one replica at a time** (``replica_start_s`` >=
+  :data:`YOUNG_MIN_START_S`, ``max_ongoing_requests`` known): until an overload has lasted
+  one start time, the count is at most one beyond the serving replicas (``upscale_wait``
+  while that one starts). Replicas ordered in a burst's first seconds serve after a burst of
+  a few minutes is over; an overload that lasted a start gets the target's count.
+- **Burst memory** (``reserve_replicas`` > 0, ``replica_start_s`` >=
+  :data:`RESERVE_MIN_START_S`): after requests queued beyond every serving replica's hard
+  limit while the load grew (a burst; not a cold start's shrinking backlog), at least
+  ``reserve_replicas`` are kept for ``reserve_s`` (``reserve``: added back when the count is
+  below; no downscale or cancel below it). A load of zero still scales to zero.
 - **Marginal overload waits.** When ``desired > current`` but the excess is less than one
   replica's target, the overload must last ``upscale_delay_s`` first (``upscale_wait``, then
   ``upscale``): a fraction of a replica's load is not worth a new node yet.
 - **Hold capacity for the start time.** A replica is released only when the load has stayed
-  at or below a lower replica count for ``hold = max(downscale_delay_s, replica_start_s)``:
+  at or below a lower replica count for ``hold = max(downscale_delay_s, replica_start_s)``
+  (with ``replica_restart_s`` known — the node of a released replica stays up for the
+  cluster's idle timeout, so it comes back in the model load alone — ``min(that,
+  max(replica_restart_s, smooth_s))``):
   releasing a replica that would be needed again within its own start time (node boot + model
   load) costs more than holding it. The new count is the peak desired count over the last
   ``hold`` seconds (a sliding-window maximum), so a decaying load steps down as soon as each
@@ -70,6 +83,16 @@ _EPS_S = 1e-6
 GROWTH_WINDOW_S = 10.0
 GROWTH_SAMPLE_S = 1.0
 MIN_GROWTH_SPAN_S = 2.0
+# Burst memory only pays when a start makes a burst wait this long (a start of a few seconds
+# is cheaper to wait for than a spare replica is to hold).
+RESERVE_MIN_START_S = 30.0
+# An overload younger than this share of a start time orders one replica beyond the serving
+# ones at a time (see decide): most bursts end before a replica ordered in their first
+# seconds could serve.
+YOUNG_OVERLOAD_SHARE = 1.0
+# ... when a start takes minutes (a cloud GPU node: boot + load ~3 min, longer than a burst of
+# a few minutes); the local cloud's ~1.5 min start is shorter than those bursts.
+YOUNG_MIN_START_S = 120.0
 # The forecast looks at least this far ahead even when the start time is unknown (0).
 MIN_HORIZON_S = 10.0
 # Reasons (short codes; logged, shown in metrics and in the simulator's output).
@@ -81,6 +104,7 @@ DOWNSCALE = "downscale"
 HOLD = "hold"
 CANCEL_START = "cancel_start"
 SCALE_TO_ZERO = "scale_to_zero"
+RESERVE = "reserve"
 BOUNDS = "bounds"
 BUDGET_CAP = "budget_cap"
 STEADY = "steady"
@@ -104,18 +128,31 @@ class PolicyConfig:
     # Mean the load over this long for the target, marginal overloads and downscales (0: the
     # raw signal); bursts always see the raw signal.
     smooth_s: float = 0.0
+    # Start of a replica on a node the cluster still keeps up (its idle timeout), i.e. the
+    # model load alone. None: unknown, a released replica costs a full start to get back.
+    replica_restart_s: float | None = None
+    # Burst memory: for this long after a burst, keep at least `reserve_replicas` (0: off).
+    reserve_s: float = 0.0
+    reserve_replicas: int = 0
 
     @property
     def hold_s(self) -> float:
-        """How long the load must stay low before a replica is released."""
-        return max(self.downscale_delay_s, self.replica_start_s)
+        """How long the load must stay low before a replica is released: the start time a
+        released replica costs to get back (a warm restart when its node stays up), at least
+        the smoothing window, at most ``max(downscale_delay_s, replica_start_s)``."""
+        full = max(self.downscale_delay_s, self.replica_start_s)
+        if self.replica_restart_s is None:
+            return full
+        return min(full, max(self.replica_restart_s, self.smooth_s))
 
     @property
     def zero_hold_s(self) -> float:
         """How long there must be no request at all before the last replica is released."""
         if self.downscale_to_zero_delay_s is not None:
             return self.downscale_to_zero_delay_s
-        return self.hold_s
+        # Not the warm-restart hold: the request that finds zero replicas waits a whole
+        # start (and the policy would scale to zero between two requests of a quiet night).
+        return max(self.downscale_delay_s, self.replica_start_s)
 
 
 @dataclass(frozen=True)
@@ -195,6 +232,10 @@ def _is_burst(total: float, current: int, config: PolicyConfig,
     target = config.target_ongoing_requests
     if config.max_ongoing_requests is None:
         return total - current * target >= target - 1e-9
+    if total - current * target < target - 1e-9:
+        # Not even one replica's target of excess: a wobble, whatever its slope (a 10 s
+        # growth extrapolated over a start time of minutes reaches any limit).
+        return False
     hard = current * config.max_ongoing_requests
     horizon = max(config.replica_start_s, MIN_HORIZON_S)
     first = _growth_start(history, now)
@@ -239,6 +280,34 @@ def decide(sample: LoadSample, config: PolicyConfig,
     zero_since = state.get("zero_since")
     zero_since = (zero_since if zero_since is not None else now) if total <= 0 else None
     over_since = state.get("over_since")
+    over_start: float | None = None
+    burst_at = state.get("burst_at")
+    running_now = current if sample.running_replicas is None else sample.running_replicas
+    if (config.max_ongoing_requests is not None and running_now > 0
+            and total > running_now * config.max_ongoing_requests + 1e-9
+            and growth_rate(history, now, total) > 0):
+        # Requests wait beyond every serving replica's hard limit, more every second: a
+        # burst happened (the backlog a cold start leaves shrinks; a forecast alone is not
+        # one either).
+        burst_at = now
+    reserving = (config.replica_start_s >= RESERVE_MIN_START_S and burst_at is not None
+                 and now - float(burst_at) < config.reserve_s)
+    floor = min(config.max_replicas, config.reserve_replicas) if reserving else 0
+
+    raw_over = desired_now > current
+    if raw_over:
+        over_start = float(state.get("over_start", now) if state.get("over_start") is not None
+                           else now)
+        if (current > 0 and config.max_ongoing_requests is not None
+                and config.replica_start_s >= YOUNG_MIN_START_S
+                and now - over_start + _EPS_S < YOUNG_OVERLOAD_SHARE * config.replica_start_s):
+            # An overload younger than a start: replicas ordered now serve after it, when a
+            # burst of a few minutes is over (the bench: replicas 4-6 of a 3-minute burst
+            # never served a queued request). One replica beyond the serving ones at a time;
+            # an overload that lasted a start gets the target's count.
+            running = current if sample.running_replicas is None else sample.running_replicas
+            desired_now = min(desired_now, max(current, running + 1))
+            desired = min(desired, desired_now)
 
     if desired_now > current:
         if current == 0:
@@ -247,14 +316,22 @@ def decide(sample: LoadSample, config: PolicyConfig,
             proposed, reason, over_since = desired_now, BURST, None
         else:
             over_since = over_since if over_since is not None else now
-            if now - over_since + _EPS_S >= config.upscale_delay_s:
-                proposed, reason, over_since = desired_now, UPSCALE, None
+            # A marginal overload must also hold on the smoothed load: the 10 s mean of
+            # Poisson traffic near a level crosses it for upscale_delay_s now and then, and a
+            # replica ordered for a wobble is cancelled before it serves (its node billed
+            # for the cluster's idle timeout all the same).
+            if (now - over_since + _EPS_S >= config.upscale_delay_s
+                    and desired > current):
+                proposed, reason, over_since = desired, UPSCALE, None
             else:
                 proposed, reason = current, UPSCALE_WAIT
         if proposed > current:  # what was just added is held like any peak
             _push_peak(peaks, now, min(proposed, config.max_replicas))
+
+    elif raw_over:  # a young overload with one replica beyond the serving ones in flight
+        proposed, reason = current, UPSCALE_WAIT
     elif desired < current and desired_now < current:
-        over_since = None
+        over_since = over_start = None
         observed_long_enough = now - since + _EPS_S >= hold
         lower = max(window_peak, desired_now) if observed_long_enough else current
         zero_ok = (config.min_replicas == 0 and zero_since is not None
@@ -262,21 +339,26 @@ def decide(sample: LoadSample, config: PolicyConfig,
                    and now - since + _EPS_S >= config.zero_hold_s)
         if zero_ok:
             lower = 0
-        elif lower == 0:
-            lower = 1  # the last replica waits for the zero delay
+        else:
+            lower = max(lower, 1, floor)  # the last replica waits for the zero delay
         running = current if sample.running_replicas is None else sample.running_replicas
         if lower < current:
             proposed = lower
             reason = SCALE_TO_ZERO if lower == 0 else DOWNSCALE
-        elif 0 < running < current and max(desired, desired_now) <= running:
+        elif (0 < running < current and max(desired, desired_now) <= running
+              and max(running, floor) < current):
             # The need that ordered the starting replicas has passed before they serve: the
             # hold protects serving capacity, not starts (their nodes stay up for the idle
             # timeout anyway, so re-adding one soon costs only the model load).
-            proposed, reason = running, CANCEL_START
+            proposed, reason = max(running, floor), CANCEL_START
         else:
             proposed, reason = current, HOLD
+    elif 0 < current < floor and total > 0:
+        # Burst memory: the next burst finds a spare replica instead of a start time.
+        over_since = over_start = None
+        proposed, reason = floor, RESERVE
     else:
-        over_since = None
+        over_since = over_start = None
         proposed, reason = current, STEADY
 
     bounded = max(config.min_replicas, min(config.max_replicas, proposed))
@@ -290,5 +372,6 @@ def decide(sample: LoadSample, config: PolicyConfig,
             proposed, reason = ceiling, BUDGET_CAP
 
     new_state: dict[str, Any] = {"since": since, "peaks": peaks, "zero_since": zero_since,
-                                 "over_since": over_since, "hist": history}
+                                 "over_since": over_since, "hist": history,
+                                 "burst_at": burst_at, "over_start": over_start}
     return Decision(replicas=proposed, reason=reason), new_state

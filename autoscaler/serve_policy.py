@@ -27,6 +27,10 @@ at deploy time through :func:`serve_apps.builder.app_builder`'s ``autoscaling`` 
 - ``replica_start_s`` (float > 0): expected start of a new replica (node boot + model load),
   learned per instance type and model from the lifecycle history. Absent/null: 0, i.e. the
   hold before a downscale is just ``downscale_delay_s``.
+- ``replica_restart_s`` (float >= 0, only present when known): a replica's start on a node
+  the cluster still keeps up (its idle timeout), i.e. the model load alone; it shortens the
+  hold before a downscale (see :attr:`autoscaler.policy.PolicyConfig.hold_s`). Absent: the
+  full hold. Nothing sets it in Serve yet (the simulator does).
 - ``scale_up_cap`` (int >= 0): the budget guard's cap. The policy never decides more than
   ``max(current, scale_up_cap)`` replicas (existing capacity keeps serving; reason
   ``budget_cap``). Absent/null: no cap. Serve's cold-start fast path bypasses the policy, so
@@ -70,6 +74,13 @@ AGGREGATION_FUNCTION = "mean"
 STATE_KEY = "inventiv"
 # The policy's own mean of that signal for everything but bursts (see autoscaler.policy).
 SMOOTH_S = 30.0
+# Burst memory (see autoscaler.policy): after a burst, keep at least RESERVE_REPLICAS for
+# RESERVE_STARTS replica start times, so the next burst finds a spare replica rather than a
+# node boot + model load; the longer a start, the longer a spare is worth its price (36: 1.8 h
+# for a 3 min cloud GPU start, 53 min for the local cloud's 88 s). Bench (chat day with
+# bursts): 15 or 25 starts lost the p95 win, 2700 s flat missed it on the GPU deployment.
+RESERVE_STARTS = 36.0
+RESERVE_REPLICAS = 2
 
 logger = logging.getLogger("ray.serve")
 
@@ -99,7 +110,10 @@ class InventivPolicy:
                  replica_start_s: float | None = None,
                  scale_up_cap: int | None = None,
                  max_ongoing_requests: int | None = None,
-                 smooth_s: float = SMOOTH_S) -> None:
+                 smooth_s: float = SMOOTH_S,
+                 replica_restart_s: float | None = None,
+                 reserve_s: float | None = None,
+                 reserve_replicas: int | None = None) -> None:
         self.upscale_delay_s = upscale_delay_s
         self.downscale_delay_s = downscale_delay_s
         self.downscale_to_zero_delay_s = downscale_to_zero_delay_s
@@ -108,6 +122,12 @@ class InventivPolicy:
         self.max_ongoing_requests = (None if max_ongoing_requests is None
                                      else max(1, int(max_ongoing_requests)))
         self.smooth_s = max(0.0, float(smooth_s))
+        self.replica_restart_s = (None if replica_restart_s is None
+                                  else max(0.0, float(replica_restart_s)))
+        self.reserve_s = max(0.0, float(RESERVE_STARTS * self.replica_start_s
+                                        if reserve_s is None else reserve_s))
+        self.reserve_replicas = max(0, int(RESERVE_REPLICAS if reserve_replicas is None
+                                           else reserve_replicas))
 
     def config_for(self, ctx: Any) -> PolicyConfig:
         """The pure policy's config from ``ctx`` (bounds, target) and our kwargs (delays)."""
@@ -133,6 +153,9 @@ class InventivPolicy:
             scale_up_cap=self.scale_up_cap,
             max_ongoing_requests=self.max_ongoing_requests,
             smooth_s=self.smooth_s,
+            replica_restart_s=self.replica_restart_s,
+            reserve_s=self.reserve_s,
+            reserve_replicas=self.reserve_replicas,
         )
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
@@ -157,7 +180,8 @@ class InventivPolicy:
 
 
 def serve_autoscaling_config(auto: AutoscalingFields, *, replica_start_s: float | None = None,
-                             scale_up_cap: int | None = None) -> dict[str, Any]:
+                             scale_up_cap: int | None = None,
+                             replica_restart_s: float | None = None) -> dict[str, Any]:
     """The Serve ``autoscaling_config`` dict of a deployment's ``autoscaling`` section.
 
     ``policy: ray``: Serve's default policy with the YAML's bounds, target and delays
@@ -186,6 +210,8 @@ def serve_autoscaling_config(auto: AutoscalingFields, *, replica_start_s: float 
         "scale_up_cap": scale_up_cap,
         "max_ongoing_requests": auto.max_ongoing_requests,
     }
+    if replica_restart_s is not None:  # only when known: a new kwarg restarts the app
+        kwargs["replica_restart_s"] = replica_restart_s
     out.update(
         upscale_delay_s=0.0, downscale_delay_s=0.0, downscale_to_zero_delay_s=0.0,
         metrics_interval_s=METRICS_INTERVAL_S, look_back_period_s=LOOK_BACK_PERIOD_S,

@@ -417,7 +417,7 @@ class ServePolicyDriver:
     """
 
     def __init__(self, dep: SimDeployment, policy: PolicyName, *, replica_start_s: float,
-                 scale_up_cap: int | None) -> None:
+                 scale_up_cap: int | None, replica_restart_s: float | None = None) -> None:
         from ray.serve import autoscaling_policy as ap
         from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
@@ -428,7 +428,7 @@ class ServePolicyDriver:
         fields = cast("AutoscalingFields", replace(dep, policy=policy))
         self.serve_config = serve_autoscaling_config(
             fields, replica_start_s=replica_start_s,
-            scale_up_cap=scale_up_cap)
+            scale_up_cap=scale_up_cap, replica_restart_s=replica_restart_s)
         self.config = AutoscalingConfig(**self.serve_config)
         self._module = ap
         self._context_cls = AutoscalingContext
@@ -575,8 +575,12 @@ class Simulation:
             raise SimulationError(f"unknown policy {policy!r} (inventiv or ray)")
         # What the control API would learn from the lifecycle history: boot + load.
         self.replica_start_s = self.boot_s + self.load_s
+        # A released replica's node stays up for the idle timeout: getting the replica back
+        # within it costs the model load alone.
+        restart = self.load_s if self.idle_s > 0 else None
         self.policy = ServePolicyDriver(dep, policy, replica_start_s=self.replica_start_s,
-                                        scale_up_cap=options.scale_up_cap)
+                                        scale_up_cap=options.scale_up_cap,
+                                        replica_restart_s=restart)
 
     # -- bookkeeping helpers
 

