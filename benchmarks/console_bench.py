@@ -10,7 +10,7 @@ all its requests together (they run in parallel in a browser, so the slowest one
 page). Baseline in the same run: ``GET /api/auth/me`` (auth + one query). The target is
 < 300 ms per request (``within_target``).
 
-    python benchmarks/console_bench.py [--json] [--small] [--runs N]
+    python benchmarks/console_bench.py [--json] [--small] [--runs N] [--profile]
 """
 
 from __future__ import annotations
@@ -66,6 +66,9 @@ def pages(instance_id: uuid.UUID) -> dict[str, list[str]]:
         "deployments": ["/deployments", "/api/deployments"],
         "keys": ["/keys", "/api/api-keys", "/api/deployments"],
         "catalog": ["/catalog", "/api/catalog/instance-types"],
+        "profile": ["/profile", "/api/sessions"],
+        "playground": ["/playground"],
+        "people": ["/people", "/api/orgs", "/api/users"],
     }
 
 
@@ -115,7 +118,38 @@ def measure(client: Any, paths: list[str], runs: int) -> dict[str, Any]:
     }
 
 
-def run(small: bool, runs: int) -> dict[str, Any]:
+def profile_unit_costs(sessions: Any, top: int = 15) -> dict[str, Any]:
+    """cProfile of what ``GET /api/finops/unit-costs?window=month`` computes for an admin
+    (``finops.unitcost.unit_costs`` over month to date, called here in this thread: the test
+    client serves requests on another thread, out of the profiler's sight): where its time
+    goes, by cumulative time, so the slow call names the function to fix."""
+    import cProfile
+    import pstats
+
+    from finops.ledger import to_us
+    from finops.unitcost import unit_costs
+    from finops.windows import TimeRange, month_start
+
+    prof = cProfile.Profile()
+    with sessions() as s:
+        t0 = time.perf_counter()
+        prof.enable()
+        unit_costs(s, TimeRange(month_start(NOW), NOW), to_us(NOW))
+        prof.disable()
+        total_ms = (time.perf_counter() - t0) * 1000
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, fn), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if any(part in file for part in ("/finops/", "/control_api/", "/core/", "sqlalchemy")):
+            rows.append({"function": f"{Path(file).parent.name}/{Path(file).name}:{line} {fn}",
+                         "calls": nc, "cumulative_ms": round(ct * 1000, 1),
+                         "own_ms": round(tt * 1000, 1)})
+    rows.sort(key=lambda r: -r["cumulative_ms"])
+    return {"call": "finops.unitcost.unit_costs(month to date)",
+            "profiled_ms": round(total_ms, 1), "top": rows[:top]}
+
+
+def run(small: bool, runs: int, profile: bool = False) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from control_api.app import create_app
@@ -163,6 +197,8 @@ def run(small: bool, runs: int) -> dict[str, Any]:
                         / max(result["baseline_auth_me_ms_p50"], 0.01), 1)
                     log(f"{name}: {out[name]['slowest_request_ms_p50']} ms (slowest request)")
                 result["pages"] = out
+                if profile:
+                    result["profile"] = profile_unit_costs(sessions)
                 result["within_target"] = all(p["slowest_request_ms_p50"] < TARGET_MS
                                               for p in out.values())
             app.state.engine.dispose()
@@ -176,8 +212,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     ap.add_argument("--small", action="store_true", help="100 instances × 60 days")
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--profile", action="store_true",
+                    help="also cProfile the unit-costs computation (top functions in the JSON)")
     args = ap.parse_args()
-    result = run(args.small, args.runs)
+    result = run(args.small, args.runs, args.profile)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

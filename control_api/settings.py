@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # Ray Serve, through its REST API on the Ray dashboard (control_api.serve_client). Unset
     # ``ray_dashboard_url``: no Serve configured, deployment writes stay "pending".
     ray_dashboard_url: str | None = None
+    # Linked from the console's header when set (e.g. the compose profile's Grafana).
+    grafana_url: str | None = None
     # The Ray auth token: a file path, re-read on every request so a rotated token is picked up
     # without a restart (hence a path field, not a secret read once like the FILE_FIELDS), or
     # the token itself (INVENTIV_RAY_AUTH_TOKEN) when no file is given.

@@ -55,13 +55,14 @@ PAGES = (
     Page("/keys", "keys.html", "API keys", "keys"),
     Page("/logs", "logs.html", "Action logs", "logs"),
     Page("/catalog", "catalog.html", "Catalog", "catalog"),
+    Page("/playground", "playground.html", "Playground", "playground"),
     Page("/people", "people.html", "Users and organisations", "people"),
     Page("/profile", "profile.html", "Profile", "profile"),
 )
 NAV = [("costs", "/costs", "Costs"), ("instances", "/instances", "Instances"),
        ("deployments", "/deployments", "Deployments"), ("keys", "/keys", "API keys"),
        ("logs", "/logs", "Action logs"), ("catalog", "/catalog", "Catalog"),
-       ("people", "/people", "People"),
+       ("playground", "/playground", "Playground"), ("people", "/people", "People"),
        ("profile", "/profile", "Profile")]
 
 
@@ -105,6 +106,21 @@ def _links(request: Request) -> list[tuple[str, str]]:
     return out
 
 
+# API routes a page uses only when this API has them (added by other work in progress), so a
+# page never asks for what would only answer 404 (a browser logs every such answer as an error).
+OPTIONAL_ROUTES = {"invitations": ("/api/orgs/{id}/invitations", "GET"),
+                   "archive": ("/api/instances/{id}/archive", "POST")}
+
+
+def _features(app: Any) -> dict[str, bool]:
+    cached = getattr(app.state, "console_features", None)
+    if cached is None:
+        have = {(r.path, m) for r in app.routes for m in (getattr(r, "methods", None) or ())}
+        cached = {k: v in have for k, v in OPTIONAL_ROUTES.items()}
+        app.state.console_features = cached
+    return cached  # type: ignore[no-any-return]
+
+
 def _safe_next(value: str | None) -> str:
     # Only same-site paths: "//host" or "/\\host" would leave the origin.
     if not value or not value.startswith("/") or value.startswith(("//", "/\\")):
@@ -129,7 +145,8 @@ def _page_handler(page: Page) -> Any:
         settings = request.app.state.settings
         return render(page.template, viewer=viewer, nav=NAV, active=page.nav, title=page.title,
                       params=params, links=_links(request), states=[s.value for s in InstanceState],
-                      openai_url=getattr(settings, "openai_base_url", None))
+                      openai_url=getattr(settings, "openai_base_url", None),
+                      features=_features(request.app))
     handler.__name__ = f"console_{page.nav}_{len(page.path)}"
     return handler
 
@@ -145,6 +162,13 @@ def login_page(request: Request) -> Response:
     if viewer_of(request) is not None:
         return RedirectResponse(nxt, status_code=303)
     return render("login.html", title="Sign in", next=nxt, viewer=None, nav=[], active="",
+                  links=[])
+
+
+def reset_page(request: Request) -> Response:
+    """The password-reset form; the token stays in the URL fragment, read by the page's script
+    (never sent here). Public: whoever holds the link may set the password once."""
+    return render("reset.html", title="Set a new password", viewer=None, nav=[], active="",
                   links=[])
 
 
@@ -167,6 +191,7 @@ def routes() -> list[BaseRoute]:
     out: list[BaseRoute] = [
         Route("/", home, methods=["GET"], name="console_home"),
         Route("/login", login_page, methods=["GET"], name="console_login"),
+        Route("/reset", reset_page, methods=["GET"], name="console_reset"),
     ]
     out += [Route(p.path, _page_handler(p), methods=["GET"], name=f"console_{p.nav}_{i}")
             for i, p in enumerate(PAGES)]
@@ -175,5 +200,17 @@ def routes() -> list[BaseRoute]:
 
 
 def install(app: FastAPI) -> None:
-    """Add the console's routes to ``app`` (after the API's, which keep precedence)."""
+    """Add the console's routes to ``app`` (after the API's, which keep precedence).
+
+    Also the API routes only the console needed so far (own sessions, password-reset links),
+    registered here until ``create_app`` lists them with the other routers.
+    """
+    from control_api.errors import ERROR_RESPONSES
+    from control_api.routes import console_reset, console_sessions
+
+    present = {getattr(r, "path", None) for r in app.router.routes}
+    for router in (console_sessions.router, console_reset.admin_router,
+                   console_reset.public_router):
+        if not any(r.path in present for r in router.routes if hasattr(r, "path")):
+            app.include_router(router, responses=ERROR_RESPONSES)
     app.router.routes.extend(routes())

@@ -131,3 +131,24 @@ def terminate_instance(
                reason=reason, actor="control_api", user_id=admin.user_id)
     db.expire(inst)
     return InstanceDetail.of(_get(db, instance_id))
+
+
+ARCHIVABLE = frozenset({InstanceState.TERMINATED, InstanceState.FAILED})
+
+
+@router.post("/{instance_id}/archive", response_model=InstanceDetail,
+             openapi_extra=access("platform_admin"))
+def archive_instance(instance_id: uuid.UUID, admin: AdminDep, db: SessionDep,
+                     now: NowDep) -> InstanceDetail:
+    """Archive a terminated or failed instance: its history, billing intervals and action
+    logs stay (costs are unchanged); it is done with. 409 ``invalid_transition`` from any
+    other state (a live or terminating VM must be terminated first)."""
+    inst = _get(db, instance_id)
+    if inst.state not in ARCHIVABLE:
+        raise InvalidTransition(f"instance is {inst.state.value}; only terminated or failed "
+                                "instances can be archived")
+    transition(db, instance_id, InstanceState.ARCHIVED, expected_from=inst.state, at=now,
+               reason="archived via the control API", actor="control_api",
+               user_id=admin.user_id)
+    db.expire(inst)
+    return InstanceDetail.of(_get(db, instance_id))

@@ -26,7 +26,8 @@ def _session(world: World, username: str = "admin",
 
 
 @pytest.mark.parametrize("path", ["/", "/costs", "/instances", "/keys", "/logs", "/deployments",
-                                  "/catalog", "/profile", "/people"])
+                                  "/catalog", "/profile", "/people",
+                                  "/playground"])
 def test_pages_redirect_to_sign_in_when_signed_out(console_world: World, path: str) -> None:
     r = httpx.get(console_world.base + path, follow_redirects=False)
     assert r.status_code == 303
@@ -53,7 +54,8 @@ def test_sign_in_never_redirects_off_site(console_world: World, nxt: str) -> Non
 def test_signed_in_pages_render_for_the_caller(console_world: World) -> None:
     with _session(console_world) as c:
         for path in ("/costs", "/instances", f"/instances/{console_world.live_instance}",
-                     "/keys", "/logs", "/deployments", "/catalog", "/profile", "/people"):
+                     "/keys", "/logs", "/deployments", "/catalog", "/profile", "/people",
+                     "/playground"):
             r = c.get(path)
             assert r.status_code == 200, (path, r.status_code)
             assert ">admin<" in r.text or "admin <span" in r.text

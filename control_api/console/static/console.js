@@ -415,12 +415,28 @@
     table($("#instance-logs"), logColumns(), logs.items, "No action logs.");
     const t = $("#terminate");
     if (t) t.hidden = ["terminating", "terminated", "archived"].includes(i.state);
+    const a = $("#archive");
+    if (a) a.hidden = !["terminated", "failed"].includes(i.state);
     return i;
+  }
+
+  function initArchive(id) {
+    const a = $("#archive");
+    if (!a) return;
+    a.addEventListener("click", async () => {
+      if (!confirm("Archive this instance? It leaves the default lists; its history and costs stay.")) return;
+      try {
+        await api("/api/instances/" + encodeURIComponent(id) + "/archive", { method: "POST" });
+        flash("Instance archived.", "ok");
+        await loadInstance(id);
+      } catch (e) { flash(e.message, "error"); }
+    });
   }
 
   function initInstance() {
     const id = $("#instance").dataset.id;
     loadInstance(id).catch(e => flash(e.status === 404 ? "No such instance." : e.message, "error"));
+    initArchive(id);
     const t = $("#terminate");
     if (!t) return;
     const dlg = $("#terminate-dialog");
@@ -660,7 +676,29 @@
     });
   }
 
+  async function loadSessions() {
+    const r = await api("/api/sessions");
+    table($("#sessions-table"), [
+      { label: "Signed in", get: x => fmtTime(x.created_at), csv: x => x.created_at },
+      { label: "Expires", get: x => fmtTime(x.expires_at), csv: x => x.expires_at },
+      { label: "Address", get: x => x.ip || "" },
+      { label: "Browser", get: x => x.user_agent || "" },
+      { label: "", csv: () => "", get: x => x.current
+          ? el("span", { class: "badge", text: "this session" })
+          : el("button", { type: "button", class: "danger small", text: "Sign out",
+              "aria-label": "Sign out the session from " + fmtTime(x.created_at),
+              onclick: async () => {
+                try { await api("/api/sessions/" + x.id, { method: "DELETE" });
+                      flash("That session is signed out.", "ok"); await loadSessions();
+                      $("#sessions-table").focus(); }
+                catch (e) { flash(e.message, "error"); }
+              } }) },
+    ], r.items, "No other session.");
+  }
+
   function initProfile() {
+    $("#sessions-table").setAttribute("tabindex", "-1");
+    guarded($("#sessions-table"), loadSessions);
     $("#password-form").addEventListener("submit", async ev => {
       ev.preventDefault();
       const errNode = $("#password-error");
@@ -687,6 +725,46 @@
       { label: "Role", get: x => x.role },
       { label: "Since", get: x => fmtTime(x.created_at), csv: x => x.created_at },
     ], m.items, "No members.");
+    await loadInvitations(org);
+  }
+
+  // Pending invitations of an org (its admins): hidden when the API refuses or lacks the route.
+  async function loadInvitations(org) {
+    const sec = $("#invitations-section");
+    const mine = JSON.parse($("#viewer-data").textContent || "[]").find(x => x.org_id === org.id);
+    const orgAdmin = isAdmin || (mine && (mine.role === "admin" || mine.role === "owner"));
+    if (sec.dataset.api !== "yes" || !orgAdmin) { sec.hidden = true; return; }
+    let inv;
+    try { inv = await api("/api/orgs/" + org.id + "/invitations"); }
+    catch (e) {
+      if ([403, 404, 405].includes(e.status)) { sec.hidden = true; return; }
+      throw e;
+    }
+    sec.hidden = false;
+    table($("#invitations-table"), [
+      { label: "User", get: x => x.username || short(x.user_id), csv: x => x.username || x.user_id },
+      { label: "Role", get: x => x.role },
+      { label: "Invited", get: x => fmtTime(x.created_at), csv: x => x.created_at },
+      { label: "", csv: () => "", get: x => el("button", { type: "button", class: "danger small",
+          text: "Cancel", "aria-label": "Cancel the invitation of " + (x.username || short(x.user_id)),
+          onclick: async () => {
+            try { await api("/api/orgs/" + org.id + "/invitations/" + x.id, { method: "DELETE" });
+                  flash("Invitation cancelled.", "ok"); await loadInvitations(org); }
+            catch (e) { flash(e.message, "error"); }
+          } }) },
+    ], inv.items || [], "No pending invitation.");
+  }
+
+  async function resetLink(u) {
+    try {
+      const r = await api("/api/users/" + u.id + "/reset-link", { method: "POST" });
+      const box = $("#reset-created");
+      box.hidden = false;
+      $("#reset-user").textContent = u.username;
+      $("#reset-expires").textContent = fmtTime(r.expires_at);
+      $("#reset-url").value = location.origin + r.url;
+      box.focus();
+    } catch (e) { flash(e.message, "error"); }
   }
 
   async function initPeople() {
@@ -717,13 +795,165 @@
       { label: "Platform admin", get: u => u.is_platform_admin ? "yes" : "no" },
       { label: "Active", get: u => u.is_active ? "yes" : "no" },
       { label: "Created", get: u => fmtTime(u.created_at), csv: u => u.created_at },
-    ], users.items, "No users visible.");
+    ].concat(isAdmin ? [{ label: "Password", csv: () => "", get: u => el("button", {
+        type: "button", class: "small", text: "Reset link",
+        "aria-label": "Make a password-reset link for " + u.username, onclick: () => resetLink(u) }) }] : []),
+    users.items, "No users visible.");
+    const copy = $("#copy-reset");
+    if (copy) copy.addEventListener("click", async () => {
+      const input = $("#reset-url");
+      try { await navigator.clipboard.writeText(input.value); flash("Link copied.", "ok"); }
+      catch (e) { input.select(); flash("Press Ctrl+C to copy the selected link.", "info"); }
+    });
+  }
+
+  // ------------------------------------------------------------------ password reset (public)
+
+  function initReset() {
+    const token = decodeURIComponent(location.hash.slice(1));
+    // The token leaves the address bar (and the history entry) at once.
+    history.replaceState(null, "", location.pathname);
+    $("#reset-form").addEventListener("submit", async ev => {
+      ev.preventDefault();
+      const errNode = $("#reset-error");
+      errNode.hidden = true;
+      const pw = $("#reset-new").value;
+      if (pw.length < 8) { showError(errNode, new Error("Use 8 characters or more.")); return; }
+      if (pw !== $("#reset-again").value) { showError(errNode, new Error("The two passwords differ.")); return; }
+      try {
+        await api("/api/auth/password-reset", { method: "POST", body: { token, new_password: pw } });
+        $("#reset-form").hidden = true;
+        const done = $("#reset-done"); done.hidden = false; done.focus();
+      } catch (e) { showError(errNode, e); }
+    });
+  }
+
+  // ------------------------------------------------------------------ playground
+
+  const chatHistory = [];
+  let chatAbort = null;
+
+  async function loadChatModels() {
+    const org = $("#chat-org").value;
+    const sel = $("#chat-model");
+    sel.replaceChildren();
+    if (!org) { showError($("#chat-error"), new Error("You need a member role in an organisation to chat.")); return; }
+    const r = await api("/api/playground/models" + qs({ org_id: org }));
+    for (const m of r.items) {
+      sel.append(el("option", { value: m.model, text: `${m.model} (${m.deployment}, ${m.status}${m.priced ? ", priced" : ""})` }));
+    }
+    if (!r.items.length) showError($("#chat-error"), new Error("No chat deployment is open to this organisation."));
+    else $("#chat-error").hidden = true;
+  }
+
+  function chatEntry(role, text) {
+    const body = el("span", { class: "text", text });
+    const li = el("li", { class: role }, [el("span", { class: "who-said", text: role === "user" ? "You" : "Model" }), body]);
+    $("#chat-log").append(li);
+    return { li, body };
+  }
+
+  // The answer arrives as server-sent events over a POST (fetch + a stream reader: EventSource
+  // only GETs); each "data:" line is one JSON object (see control_api/routes/playground.py).
+  async function* sseEvents(response) {
+    const reader = response.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i); buf = buf.slice(i + 2);
+        for (const line of block.split("\n")) {
+          if (line.startsWith("data:")) yield JSON.parse(line.slice(5));
+        }
+      }
+    }
+  }
+
+  function chatStats(d) {
+    const u = d.usage || {};
+    const cost = d.cost_eur === null ? "cost not known yet" :
+      eur(d.cost_eur) + (d.cost_basis === "price" ? "" : " (estimate at this month's € per million tokens)");
+    return `${u.prompt_tokens ?? "?"} prompt + ${u.completion_tokens ?? "?"} completion tokens · ${cost} · ` +
+           `${d.seconds} s${d.first_token_seconds !== null ? `, first token after ${d.first_token_seconds} s` : ""}` +
+           `${d.finish_reason ? " · finish: " + d.finish_reason : ""}`;
+  }
+
+  async function sendChat() {
+    const errNode = $("#chat-error");
+    errNode.hidden = true;
+    const text = $("#chat-input").value.trim();
+    if (!text) { showError(errNode, new Error("Write a message first.")); $("#chat-input").focus(); return; }
+    chatHistory.push({ role: "user", content: text });
+    chatEntry("user", text);
+    $("#chat-input").value = "";
+    const system = $("#chat-system").value.trim();
+    const body = { org_id: $("#chat-org").value, model: $("#chat-model").value,
+                   messages: (system ? [{ role: "system", content: system }] : []).concat(chatHistory) };
+    const max = $("#chat-max").value.trim(); if (max) body.max_tokens = Number(max);
+    const temp = $("#chat-temp").value.trim(); if (temp) body.temperature = Number(temp);
+    const answer = chatEntry("assistant", "");
+    answer.li.setAttribute("aria-busy", "true");
+    $("#chat-stats").textContent = "Answering…";
+    $("#chat-send").disabled = true; $("#chat-stop").disabled = false;
+    chatAbort = new AbortController();
+    let got = "";
+    try {
+      const r = await fetch("/api/playground/chat", { method: "POST", credentials: "same-origin",
+        signal: chatAbort.signal,
+        headers: { "Content-Type": "application/json", "Accept": "text/event-stream" },
+        body: JSON.stringify(body) });
+      if (!r.ok) {
+        let msg = r.statusText;
+        try { msg = ((await r.json()).error || {}).message || msg; } catch (e) { /* not JSON */ }
+        throw new ApiFailure(r.status, "http_error", msg);
+      }
+      for await (const ev of sseEvents(r)) {
+        if (ev.type === "delta") {
+          got += ev.content;
+          answer.body.textContent = got;
+          answer.li.dataset.chunks = String(Number(answer.li.dataset.chunks || 0) + 1);
+        } else if (ev.type === "done") {
+          $("#chat-stats").textContent = chatStats(ev);
+          $("#chat-stats").dataset.done = JSON.stringify(ev);
+        } else if (ev.type === "error") {
+          throw new Error(ev.message);
+        }
+      }
+      chatHistory.push({ role: "assistant", content: got });
+    } catch (e) {
+      chatHistory.pop();
+      if (e.name === "AbortError") $("#chat-stats").textContent = "Stopped.";
+      else { $("#chat-stats").textContent = ""; showError(errNode, e); }
+      if (!got) answer.li.remove();
+    } finally {
+      answer.li.removeAttribute("aria-busy");
+      $("#chat-send").disabled = false; $("#chat-stop").disabled = true;
+      chatAbort = null;
+      $("#chat-input").focus();
+    }
+  }
+
+  function initPlayground() {
+    $("#chat-org").addEventListener("change", () => guarded($("#chat-model"), loadChatModels));
+    guarded($("#chat-model"), loadChatModels);
+    $("#chat-form").addEventListener("submit", ev => { ev.preventDefault(); sendChat(); });
+    $("#chat-input").addEventListener("keydown", ev => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); sendChat(); }
+    });
+    $("#chat-stop").addEventListener("click", () => { if (chatAbort) chatAbort.abort(); });
+    $("#chat-clear").addEventListener("click", () => {
+      chatHistory.length = 0; $("#chat-log").replaceChildren(); $("#chat-stats").textContent = "";
+    });
   }
 
   const INIT = { login: initLogin, costs: initCosts, instances: initInstances,
                  instance: initInstance, deployments: initDeployments,
                  keys: initKeys, logs: initLogs, catalog: initCatalog,
-                 profile: initProfile,
+                 profile: initProfile, reset: initReset, playground: initPlayground,
                  people: () => initPeople().catch(e => flash(e.message, "error")) };
   if (INIT[page]) INIT[page]();
 })();

@@ -259,3 +259,32 @@ def test_terminate_access_and_bad_input(client: TestClient, factory: Any, admin:
     with factory._session() as s:
         inst = s.get(Instance, iid)
         assert inst is not None and inst.state == S.READY
+
+
+@pytest.mark.parametrize("state", [S.TERMINATED, S.FAILED])
+def test_archive_keeps_the_history_and_is_final(client: TestClient, factory: Any, admin: Any,
+                                                state: InstanceState) -> None:
+    iid = make_instance(factory, state=state)
+    url = f"/api/instances/{iid}/archive"
+    owner = factory.user(factory.org(), Role.OWNER)
+    assert client.post(url, headers=owner.headers).status_code == 403
+    r = client.post(url, headers=admin.headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["state"] == "archived"
+    assert (body["history"][-1]["from_state"], body["history"][-1]["to_state"]) \
+        == (state.value, "archived")
+    again = client.post(url, headers=admin.headers)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_transition"
+    assert client.post(f"/api/instances/{iid}/terminate",
+                       headers=admin.headers).status_code == 409
+
+
+@pytest.mark.parametrize("state", [S.REQUESTED, S.READY, S.TERMINATING])
+def test_archive_refuses_a_vm_that_may_still_run(client: TestClient, factory: Any, admin: Any,
+                                                 state: InstanceState) -> None:
+    iid = make_instance(factory, state=state)
+    r = client.post(f"/api/instances/{iid}/archive", headers=admin.headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "invalid_transition"
+    assert client.post(f"/api/instances/{uuid.uuid4()}/archive",
+                       headers=admin.headers).status_code == 404
