@@ -11,7 +11,11 @@ are in :mod:`finops.attribution_db`. Rules, applied to every instant of a node's
 - while no replica runs on it, the node belongs to the deployment it was launched for (its
   billing interval's ``deployment_id``); failing that, to the deployment of the replica that ran
   on it last (after it left), or first (before it started) — capacity started or kept for a
-  deployment is that deployment's idle cost. A node that never hosted anything: overhead.
+  deployment is that deployment's idle cost;
+- a worker node that never hosted a replica (it failed to boot, or was overtaken by another
+  node) was launched for the replica that was waiting for capacity when its billing began
+  (:func:`with_launches`: a replica recorded from before its own node's billing began waited
+  that long); without one, it is overhead.
 
 The split of each constant stretch is exact (largest remainder on integer units), so for any
 window, ``sum(attributed) + overhead == the ledger's total`` in units, and
@@ -24,7 +28,7 @@ import bisect
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from finops.ledger import EUR_QUANTUM, largest_remainder, units_to_eur
@@ -44,6 +48,7 @@ class NodeSpan:
     end_us: int
     launched_for: uuid.UUID | None = None
     system: bool = False
+    launch_us: int | None = None  # the start of its billing interval (when it was launched)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,16 @@ class Placement:
     start_us: int
     end_us: int | None
     share_ppm: int = FULL_SHARE
+
+
+@dataclass(frozen=True)
+class Wait:
+    """A replica of ``deployment_id`` that waited for capacity over ``[start_us, until_us]``:
+    Serve dates a replica from its creation (pending), and its node's billing began later."""
+
+    deployment_id: uuid.UUID
+    start_us: int
+    until_us: int
 
 
 @dataclass
@@ -98,6 +113,48 @@ def _idle_owner(launched_for: uuid.UUID | None, node_places: Sequence[Placement]
     if after:
         return min(after, key=lambda p: (p.start_us, str(p.deployment_id))).deployment_id
     return None
+
+
+def launched_for_waiting(launch_us: int, waits: Iterable[Wait]) -> uuid.UUID | None:
+    """The deployment a node launched at ``launch_us`` was launched for: a replica waiting for
+    capacity then. Of several, the one whose own node came last: a node that failed to boot is
+    replaced for the same demand later, while the others' nodes were launched with it."""
+    waiting = [w for w in waits if w.start_us <= launch_us <= w.until_us]
+    if not waiting:
+        return None
+    return max(waiting, key=lambda w: (w.until_us, -w.start_us, str(w.deployment_id))
+               ).deployment_id
+
+
+def hosted(placements: Iterable[Placement]) -> set[uuid.UUID]:
+    """Nodes that hosted a replica for some time (what :func:`attribute` counts)."""
+    return {p.instance_id for p in placements if p.end_us is None or p.end_us > p.start_us}
+
+
+def unplaced_workers(spans: Iterable[NodeSpan], placements: Iterable[Placement]
+                     ) -> list[NodeSpan]:
+    """Worker spans that would be overhead: no replica ever on the node, no deployment on its
+    billing interval (the candidates of :func:`with_launches`)."""
+    placed = hosted(placements)
+    return [sp for sp in spans if not sp.system and sp.launched_for is None
+            and sp.instance_id not in placed and sp.launch_us is not None]
+
+
+def with_launches(spans: Sequence[NodeSpan], placements: Iterable[Placement],
+                  waits: Sequence[Wait], only: set[uuid.UUID] | None = None) -> list[NodeSpan]:
+    """``spans`` with the deployment each never-used worker node was launched for (see
+    :func:`launched_for_waiting`) as its ``launched_for``; the others unchanged. ``only``: the
+    nodes that can host a replica (with accelerators; None: all)."""
+    todo = {id(sp) for sp in unplaced_workers(spans, placements)
+            if only is None or sp.instance_id in only}
+    if not todo or not waits:
+        return list(spans)
+    out = []
+    for sp in spans:
+        dep = launched_for_waiting(sp.launch_us, waits) \
+            if id(sp) in todo and sp.launch_us is not None else None
+        out.append(sp if dep is None else replace(sp, launched_for=dep))
+    return out
 
 
 def attribute(spans: Iterable[NodeSpan], placements: Iterable[Placement],

@@ -12,7 +12,7 @@ The gate's contract: ``headers = await admission.admit(...)`` returns OpenAI's r
 headers (``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, remaining counting the
 request just admitted; ``{}`` for keys without limits) to put on the answer; refusals raise
 ``protocol.OpenAIError`` (429 ``rate_limit_exceeded`` with Retry-After, 429
-``budget_exceeded`` / ``insufficient_quota`` with ``x-should-retry: false``, 503
+``budget_exceeded`` (type ``insufficient_quota``) with ``x-should-retry: false``, 503
 ``metering_unavailable``), the 429s carrying the same headers.
 """
 
@@ -59,7 +59,8 @@ def token_cost(price: PriceSpec, prompt_tokens: int, completion_tokens: int) -> 
 
 
 def quota_exceeded(headers: dict[str, str] | None = None) -> protocol.OpenAIError:
-    """The key's own monthly budget is spent: 429 ``insufficient_quota``, not to be retried."""
+    """The key's own monthly budget is spent: 429 code ``budget_exceeded`` (type
+    ``insufficient_quota``, as OpenAI answers a spent quota), not to be retried."""
     err = protocol.quota_exceeded()
     err.headers.update({**(headers or {}), **NO_RETRY})
     return err

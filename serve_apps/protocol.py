@@ -18,6 +18,8 @@ NOT_FOUND = "not_found_error"
 RATE_LIMIT = "rate_limit_error"
 INSUFFICIENT_QUOTA = "insufficient_quota"
 SERVER = "server_error"
+# Error codes answered by several refusals.
+BUDGET_EXCEEDED = "budget_exceeded"
 
 
 class OpenAIError(Exception):
@@ -93,8 +95,13 @@ def rate_limited(message: str, retry_after_s: float, code: str = "rate_limit_exc
 
 
 def quota_exceeded() -> OpenAIError:
+    """The key's own monthly budget is spent. ``code`` is ``budget_exceeded`` like every other
+    budget refusal (one code for clients to handle); ``type`` stays OpenAI's
+    ``insufficient_quota``, which is what OpenAI answers for a spent quota. The ``openai``
+    client keys on neither: a 429 is a ``RateLimitError``, and ``x-should-retry: false`` (set by
+    the caller) stops its retries."""
     return OpenAIError(429, "You exceeded this API key's monthly budget.",
-                       type=INSUFFICIENT_QUOTA, code="insufficient_quota")
+                       type=INSUFFICIENT_QUOTA, code=BUDGET_EXCEEDED)
 
 
 def cold_start_timeout(model: str, waited_s: float, retry_after_s: float) -> OpenAIError:

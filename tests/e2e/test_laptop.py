@@ -191,14 +191,13 @@ def _cli_json(lap: Laptop, *args: str) -> Any:
     return json.loads(lap.cli(*args, "--json").stdout)
 
 
-@pytest.mark.xfail(strict=False, reason="#12 open: one run in two leaves ~5 % of the worker "
-                   "nodes' cost as platform overhead (attribution of a node that hosted no "
-                   "recorded placement); passes when every node got one")
 def test_walk_through_cost_is_attributed_and_priced_per_million_tokens(laptop: Laptop) -> None:
     """#12's acceptance: after the walk-through (a chat and embeddings with the ``openai``
     client), the background refresh attributes >= 99 % of the worker nodes' cost to the
     deployments whose replicas they hosted, ``inventiv costs unit`` prices each model's tokens
-    (idle included) and ``inventiv costs chargeback`` charges the key's org."""
+    (idle included) and ``inventiv costs chargeback`` charges the key's org. A node that
+    failed to boot on the loaded box (it happens: a raylet timing out, then a replacement) is
+    the deployment's whose replica waited for it (tests/finops/test_hd_launches.py)."""
     client = openai_client(laptop)
     assert chat(client, "what does a euro buy?").usage.completion_tokens > 0
     assert client.embeddings.create(model="all-minilm-l6-v2",

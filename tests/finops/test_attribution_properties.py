@@ -7,7 +7,15 @@ import uuid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finops.attribution import NodeSpan, Placement, attribute, split_overhead, to_eur_parts
+from finops.attribution import (
+    NodeSpan,
+    Placement,
+    Wait,
+    attribute,
+    split_overhead,
+    to_eur_parts,
+    with_launches,
+)
 from finops.ledger import units_to_eur
 
 NODES = [uuid.UUID(int=i + 1) for i in range(4)]
@@ -17,7 +25,7 @@ T = 10_000_000  # 10 s of microseconds as the horizon
 
 @st.composite
 def scenario(draw: st.DrawFn) -> tuple[list[NodeSpan], list[Placement], tuple[int, int],
-                                      list[int]]:
+                                      list[int], list[Wait]]:
     spans = []
     for node in draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=4, unique=True)):
         launched = draw(st.one_of(st.none(), st.sampled_from(DEPS)))
@@ -26,7 +34,7 @@ def scenario(draw: st.DrawFn) -> tuple[list[NodeSpan], list[Placement], tuple[in
         for _ in range(draw(st.integers(1, 3))):  # launches/terminations, price changes
             d = draw(st.integers(1, T // 3))
             spans.append(NodeSpan(node, draw(st.integers(0, 5_000_000)), t, t + d, launched,
-                                  system))
+                                  system, launch_us=t))
             t += d + draw(st.integers(0, T // 10))
     places = []
     for _ in range(draw(st.integers(0, 8))):
@@ -38,16 +46,22 @@ def scenario(draw: st.DrawFn) -> tuple[list[NodeSpan], list[Placement], tuple[in
     b = draw(st.integers(a, 2 * T))
     k = draw(st.integers(0, 5))
     edges = sorted({a, b, *draw(st.lists(st.integers(a, b), max_size=k))})
-    return spans, places, (a, b), edges
+    waits = []  # replicas waiting for capacity (nodes that never hosted one were launched for)
+    for _ in range(draw(st.integers(0, 3))):
+        w = draw(st.integers(0, T))
+        waits.append(Wait(draw(st.sampled_from(DEPS)), w, w + draw(st.integers(0, T))))
+    return spans, places, (a, b), edges, waits
 
 
 @settings(max_examples=300, deadline=None)
 @given(scenario())
 def test_attributed_plus_overhead_is_the_ledger_total(
-        case: tuple[list[NodeSpan], list[Placement], tuple[int, int], list[int]]) -> None:
-    spans, places, (a, b), edges = case
+        case: tuple[list[NodeSpan], list[Placement], tuple[int, int], list[int],
+                    list[Wait]]) -> None:
+    spans, places, (a, b), edges, waits = case
     ledger = sum(s.price_micro * max(0, min(s.end_us, b) - max(s.start_us, a)) for s in spans)
-    res = attribute(spans, places, (a, b), edges)
+    launched = with_launches(spans, places, waits)
+    res = attribute(launched, places, (a, b), edges)
     assert res.total == ledger
     assert sum(res.by_owner.values()) == ledger
     for owner, per in res.buckets.items():
@@ -58,6 +72,10 @@ def test_attributed_plus_overhead_is_the_ledger_total(
     sys_units = sum(s.price_micro * max(0, min(s.end_us, b) - max(s.start_us, a))
                     for s in spans if s.system)
     assert res.overhead >= sys_units
+    # Knowing what a node was launched for only moves cost from overhead to deployments.
+    plain = attribute(spans, places, (a, b), edges)
+    assert res.overhead <= plain.overhead
+    assert all(res.by_owner.get(d, 0) >= u for d, u in plain.by_owner.items() if d is not None)
 
 
 def test_idle_before_and_after_a_replica_belongs_to_its_deployment() -> None:

@@ -120,7 +120,8 @@ def test_a_priced_deployment_refuses_past_the_budget() -> None:
         await adm.admit("r1", key, dep, 100, 300)  # worst case 0.4 EUR
         with pytest.raises(protocol.OpenAIError) as info:
             await adm.admit("r2", key, dep, 100, 100)  # 0.2 more does not fit
-        assert info.value.code == "insufficient_quota"
+        assert (info.value.code, info.value.type) == ("budget_exceeded", "insufficient_quota")
+        assert info.value.headers["x-should-retry"] == "false"
         adm.settle(record("r1", 100, 50))  # really 0.15 EUR
         adm.close()
         await adm.admit("r2", key, dep, 100, 100)
@@ -158,7 +159,7 @@ def test_quota_and_cost() -> None:
     check_quota(principal(budget_left="0.01"))
     with pytest.raises(protocol.OpenAIError) as info:
         check_quota(principal(budget_left="0"))
-    assert info.value.code == "insufficient_quota"
+    assert (info.value.code, info.value.type) == ("budget_exceeded", "insufficient_quota")
     price = deployment(price=("2", "6")).price
     assert price is not None
     assert token_cost(price, 1_000_000, 500_000) == pytest.approx(5.0)

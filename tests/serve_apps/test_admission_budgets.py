@@ -112,7 +112,7 @@ def test_the_keys_own_budget_is_not_to_be_retried_either() -> None:
                         budget_left_eur=Decimal("0.1"), verified_at=time.time())
         with pytest.raises(protocol.OpenAIError) as info:
             await adm.admit("r1", key, deployment(price=PRICED), 100, 100)
-        assert info.value.code == "insufficient_quota"
+        assert (info.value.code, info.value.type) == ("budget_exceeded", "insufficient_quota")
         assert info.value.headers["x-should-retry"] == "false"
 
     asyncio.run(main())

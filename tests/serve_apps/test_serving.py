@@ -604,7 +604,8 @@ def test_monthly_budget_is_reserved_at_worst_case_and_settled(serving: Serving) 
     assert first.usage is not None and first.usage.completion_tokens == 50
     with pytest.raises(openai.RateLimitError) as info:
         c.chat.completions.create(model="tiny-restricted", messages=CHAT, max_tokens=50)
-    assert info.value.body["code"] == "insufficient_quota"
+    assert info.value.body["code"] == "budget_exceeded"
+    assert info.value.response.headers["x-should-retry"] == "false"
     c.chat.completions.create(model="tiny-restricted", messages=CHAT, max_tokens=10)
     rows = control.wait_usage(k.id, 3)
     assert sorted(r.status for r in rows) == ["completed", "completed", "rejected"]
