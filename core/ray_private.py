@@ -12,9 +12,14 @@ every name on the pinned version).
   Serve LLM's ``OpenAiIngress`` route methods are typed with; our subclass must use the very same
   classes or FastAPI parses the body twice. Also ``to_model_metadata`` (the stock ingress's model
   list) and ``engine.protocol.LLMEngine`` (the engine interface the null engine implements).
+- ``ray.llm._internal.common.callbacks.base.CallbackBase``: the base of ``LLMConfig.
+  callback_config`` callbacks (serve_apps/weights_replica.py); Ray exports no public alias.
 - ``ray.serve._private.autoscaling_state._resolve_policy_callable`` and
   ``ray.serve._private.common.DeploymentID``: to run Serve's own default autoscaling policy in the
   simulator exactly as the controller calls it (no public entry point exists).
+
+- ``ray._private.worker``: the node's temp dir (``Node.get_temp_dir_path``) for the weights
+  cache, which must be per node and outlive one replica; the runtime context does not carry it.
 
 Imports are done inside the functions (or lazily through ``__getattr__``) so that importing this
 module costs nothing: the control API uses the GCS probe without loading Ray Serve LLM.
@@ -38,6 +43,7 @@ _LAZY: dict[str, str] = {
         "ChatCompletionResponse", "ChatCompletionStreamResponse", "CompletionResponse",
         "CompletionStreamResponse", "ErrorInfo", "ErrorResponse", "to_model_metadata")},
     "LLMEngine": "ray.llm._internal.serve.core.engine.protocol",
+    "CallbackBase": "ray.llm._internal.common.callbacks.base",
     "DeploymentID": "ray.serve._private.common",
     "resolve_policy_callable": "ray.serve._private.autoscaling_state",
 }
@@ -53,6 +59,17 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
     globals()[name] = value
     return value
+
+
+def node_temp_dir() -> str | None:
+    """This process's Ray node temp dir (``/tmp/ray`` by default), None outside a Ray node."""
+    try:
+        import ray._private.worker as worker
+
+        node = worker._global_node or getattr(worker.global_worker, "node", None)
+        return node.get_temp_dir_path() if node is not None else None
+    except Exception:  # noqa: BLE001 - any Ray-internal change degrades to "unknown"
+        return None
 
 
 # ------------------------------------------------------------------------------ GCS

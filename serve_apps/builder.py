@@ -11,6 +11,11 @@ GPU and CPU go through the same code: only the placement fields differ.
 - Several GPU types (``placement.accelerator_candidates``): the cheapest available one that
   holds the model (``autoscaler.nodetypes``) becomes the ``accelerator_type``.
 - Autoscaling: ``autoscaler.serve_policy.serve_autoscaling_config`` (our policy or Serve's).
+- Weights: ``builtin:`` and local sources run offline (``OFFLINE_ENV``). ``hf:`` and ``s3://``
+  sources are downloaded by the replica when it starts, into its node's shared cache
+  (:mod:`serve_apps.weights`, hooked in through ``callback_config``), and the engine loads the
+  local copy. Secrets (``model.hf_token``, ``model.s3`` keys, ``{secret: NAME}`` env values)
+  reach the Serve config by NAME only; the replica fetches the values from the control API.
 """
 
 from __future__ import annotations
@@ -22,17 +27,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.nodetypes import NoFit, Offer, offer_from_dict, rank_accelerators, seed_offers
 from autoscaler.serve_policy import serve_autoscaling_config
-from core.spec import DeploymentFile, DeploymentSpec
+from core.spec import DeploymentFile, DeploymentSpec, ModelSource, SecretRef, parse_source
 from serve_apps.options import IngressOptions
+from serve_apps.weights import S3Plan, WeightsPlan
 
 BUILTIN_PREFIX = "builtin:"
-# Environment of every engine replica: nothing is downloaded, nothing is reported.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "VLLM_NO_USAGE_STATS": "1",
-    "DO_NOT_TRACK": "1",
-}
+# Environment of every engine replica: nothing is reported.
+TELEMETRY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+# ... and of replicas of offline sources (builtin, local): nothing is downloaded either. A
+# downloaded source goes offline in the replica once its files are local.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **TELEMETRY_ENV}
+# Ray Serve LLM's hook that runs serve_apps.weights when a replica starts.
+WEIGHTS_CALLBACK = "serve_apps.weights_replica.WeightsCallback"
+# Replica starts Serve tries before it gives the deployment up (its default is up to 20): a
+# weights or secrets error is not transient, and the download retried in place already.
+MAX_REPLICA_START_TRIES = 3
 # CPU replicas: the KV cache size in GiB (vLLM-CPU's default, 4 GiB, is too much for a laptop).
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 # The replica actor itself is light; the placement bundle reserves the real resources.
@@ -141,23 +150,63 @@ def placement(dep: DeploymentSpec, offers: Sequence[Offer] | None = None) -> dic
     return out
 
 
+def weights_plan(dep: DeploymentSpec, source: ModelSource,
+                 options: IngressOptions | None = None) -> WeightsPlan | None:
+    """What the replica prepares when it starts: its source's download and the secrets it
+    references (by name). None: an offline source without secrets (nothing to do).
+    ``options``: how the replica reaches the control API (for secrets and progress)."""
+    secret_env = {key: value.secret for key, value in dep.env.items()
+                  if isinstance(value, SecretRef)}
+    if source.offline and not secret_env:
+        return None
+    s3 = dep.model.s3
+    return WeightsPlan(
+        deployment=dep.name, source=source.canonical(),
+        control_api_url=options.control_api_url if options else None,
+        service_token_file=options.service_token_file if options else None,
+        hf_token_secret=dep.model.hf_token.secret if dep.model.hf_token else None,
+        s3=None if s3 is None else S3Plan(
+            endpoint_url=s3.endpoint_url, region=s3.region,
+            access_key_id_secret=s3.access_key_id.secret if s3.access_key_id else None,
+            secret_access_key_secret=(s3.secret_access_key.secret
+                                      if s3.secret_access_key else None)),
+        env_secrets=secret_env)
+
+
+def model_source(source: ModelSource, resolved: str) -> str | None:
+    """``model_source`` for Ray: the Hub id of an hf: source (informative: the replica
+    replaces it with the local copy), none for s3:// (Ray would download it itself), the path
+    otherwise."""
+    if source.kind == "hf":
+        return source.repo
+    if source.kind == "s3":
+        return None
+    return resolved
+
+
 def llm_config_dict(dep: DeploymentSpec,
                     resolve: Callable[[str], str] = resolve_builtin,
                     overrides: AutoscalingOverrides | None = None,
-                    offers: Sequence[Offer] | None = None) -> dict[str, Any]:
+                    offers: Sequence[Offer] | None = None,
+                    options: IngressOptions | None = None) -> dict[str, Any]:
     """The ``LLMConfig`` arguments of one deployment (a dict: printable, testable, and
     ``LLMConfig(**it)`` validates it). ``overrides``: what the control API decided about its
-    autoscaling; ``offers``: the live catalog for the GPU type choice (default: the seed)."""
+    autoscaling; ``offers``: the live catalog for the GPU type choice (default: the seed);
+    ``options``: the ingress's, whose control API the replicas fetch secrets from."""
     auto = dep.autoscaling
     over = overrides or AutoscalingOverrides()
     autoscaling = serve_autoscaling_config(auto, replica_start_s=over.replica_start_s,
                                            scale_up_cap=over.scale_up_cap)
-    env = dict(OFFLINE_ENV)
+    resolved = resolve(dep.model.source)
+    source = parse_source(resolved)
+    env = dict(OFFLINE_ENV if source.offline else TELEMETRY_ENV)
     if dep.placement.accelerator_type is None:
         env.update(CPU_ENV)
-    env.update(dep.env)
+    # Secret values never go into the runtime env (part of the Serve config): the replica
+    # fetches them and sets them in its own environment (serve_apps.weights.prepare_weights).
+    env.update({key: value for key, value in dep.env.items() if isinstance(value, str)})
     loading: dict[str, Any] = {"model_id": dep.model.name,
-                               "model_source": resolve(dep.model.source)}
+                               "model_source": model_source(source, resolved)}
     config: dict[str, Any] = {
         "model_loading_config": loading,
         **placement(dep, offers),
@@ -170,6 +219,11 @@ def llm_config_dict(dep: DeploymentSpec,
         },
         "runtime_env": {"env_vars": env},
     }
+    plan = weights_plan(dep, source, options)
+    if plan is not None:
+        config["callback_config"] = {"callback_class": WEIGHTS_CALLBACK,
+                                     "callback_kwargs": {"plan": plan.model_dump(mode="json")}}
+        config["deployment_config"]["max_constructor_retry_count"] = MAX_REPLICA_START_TRIES
     if dep.model.lora_source is not None:
         config["lora_config"] = {"dynamic_lora_loading_path": dep.model.lora_source}
         if dep.model.adapters:
@@ -180,13 +234,15 @@ def llm_config_dict(dep: DeploymentSpec,
 def build_llm_configs(spec: DeploymentFile,
                       resolve: Callable[[str], str] = resolve_builtin,
                       autoscaling: Mapping[str, AutoscalingOverrides] | None = None,
-                      offers: Sequence[Offer] | None = None) -> list[Any]:
+                      offers: Sequence[Offer] | None = None,
+                      options: IngressOptions | None = None) -> list[Any]:
     """One ``ray.serve.llm.LLMConfig`` per deployment (``autoscaling``: overrides by
-    deployment name; ``offers``: the live catalog)."""
+    deployment name; ``offers``: the live catalog; ``options``: the ingress's)."""
     from ray.serve.llm import LLMConfig
 
     autoscaling = autoscaling or {}
-    return [LLMConfig(**llm_config_dict(dep, resolve, autoscaling.get(dep.name), offers))
+    return [LLMConfig(**llm_config_dict(dep, resolve, autoscaling.get(dep.name), offers,
+                                        options))
             for dep in spec.deployments]
 
 
@@ -200,7 +256,7 @@ def build_app(spec: DeploymentFile, options: IngressOptions,
         dep.model.source = resolve(dep.model.source)
     # First: a PlacementError (no GPU type fits) surfaces before the heavy ingress import.
     llm_configs = build_llm_configs(resolved, resolve=lambda s: s, autoscaling=autoscaling,
-                                    offers=offers)
+                                    offers=offers, options=options)
     from ray.serve.llm import build_openai_app
 
     from serve_apps.ingress import InventivIngress

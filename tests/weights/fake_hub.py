@@ -13,6 +13,10 @@ Interface (stable; H3 uses it for revision resolution and config.json fetches)::
                                                       # after 4096 bytes (one-shot)
         hub.corrupt.add("model.safetensors")          # serve flipped bytes (same size/hash
                                                       # advertised): a checksum mismatch
+        hub.stall_after["model.safetensors"] = 4096   # next GET of it: 4096 bytes, then the
+                                                      # body hangs until stop() (one-shot): a
+                                                      # client killed mid-file
+        hub.ranges                     # [(path, Range header or None)] of every content GET
 
 ``branches`` defaults to ``{"main": <sha1 of the files' hashes>}``; a revision may be a branch
 name or one of the commits. Every repo has one commit per branch, all with the same files.
@@ -36,6 +40,7 @@ the repo is gated; any token (or none) reads a public repo.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import threading
@@ -114,6 +119,9 @@ class FakeHub:
         self.heads: Counter[tuple[str, str]] = Counter()
         self.drop_after: dict[str, int] = {}
         self.corrupt: set[str] = set()
+        self.stall_after: dict[str, int] = {}
+        self.ranges: list[tuple[str, str | None]] = []
+        self._stopping = threading.Event()
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, auth token)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
@@ -148,6 +156,7 @@ class FakeHub:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -243,6 +252,8 @@ class FakeHub:
             with hub._lock:
                 hub.gets[(repo_id, path)] += 1
                 drop = hub.drop_after.pop(path, None)
+                stall = hub.stall_after.pop(path, None)
+                hub.ranges.append((path, request.headers.get("range")))
                 corrupt = path in hub.corrupt
             data = file.data
             if corrupt:
@@ -268,6 +279,12 @@ class FakeHub:
                         yield chunk[:max(0, drop - sent)]
                         # A dropped connection: the body ends short of Content-Length.
                         raise ConnectionResetError("fake hub: connection dropped mid-file")
+                    if stall is not None and sent + len(chunk) > stall:
+                        yield chunk[:max(0, stall - sent)]
+                        # The client gets no more bytes (it is killed meanwhile).
+                        while not hub._stopping.is_set():
+                            await asyncio.sleep(0.05)
+                        return
                     sent += len(chunk)
                     yield chunk
 
