@@ -109,10 +109,52 @@ class AutoscalerSpec(_Model):
 
 
 class ControlApiSpec(_Model):
-    """Where the node provider reports lifecycle events (optional)."""
+    """The control API: where the node provider reports lifecycle events (optional) and, on
+    Scaleway, the Postgres the head's control API runs on."""
 
     url: str | None = Field(default=None, pattern=r"^https?://")
     service_token_file: str | None = None
+    # Scaleway: the database of the control API the head runs (a managed database's private
+    # endpoint in production, the box's database namespace in the box). The URL names the
+    # server, never the password: that comes from the ``database_password_env`` variable of
+    # whoever runs ``cluster up`` and travels to the head in a 0600 file only.
+    database_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
+    database_password_env: str = Field(default="INVENTIV_DATABASE_PASSWORD",
+                                       pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        netloc = value.split("://", 1)[1].split("/", 1)[0]
+        userinfo, at, _host = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            # A cluster file is committed and shared: the password must not sit in it.
+            raise ValueError("must not contain a password (set it in the variable named by "
+                             "control_api.database_password_env)")
+        return value
+
+
+class FrontDoorSpec(_Model):
+    """The head's TLS front door on 443 (Caddy): ``/v1/*`` to Serve, the rest to the control
+    API. Certificates by ACME (TLS-ALPN-01 on 443: the head's group opens nothing else) for
+    ``domain``, or the certificate given by ``tls_cert_file``/``tls_key_file`` (the box's,
+    signed by the CA its test generates)."""
+
+    domain: str = Field(pattern=r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+                                r"[A-Za-z]{2,63}$")
+    acme_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    acme_directory: str | None = Field(default=None, pattern=r"^https://")
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    caddy_executable: str = Field(default="/usr/bin/caddy", pattern=r"^/[A-Za-z0-9._/-]+$")
+
+    @model_validator(mode="after")
+    def _cert_pair(self) -> FrontDoorSpec:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together (or neither: ACME)")
+        return self
 
 
 class LocalSpec(_Model):
@@ -145,6 +187,7 @@ class ClusterFile(_Model):
     head: HeadSpec = Field(default_factory=HeadSpec)
     autoscaler: AutoscalerSpec = Field(default_factory=AutoscalerSpec)
     control_api: ControlApiSpec = Field(default_factory=ControlApiSpec)
+    front_door: FrontDoorSpec | None = None
     node_types: dict[str, NodeTypeSpec] = Field(min_length=1)
     local: LocalSpec = Field(default_factory=LocalSpec)
     scaleway: ScalewaySpec | None = None
@@ -346,7 +389,8 @@ def dump_ray_config(config: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "COMMAND_KEYS", "ClusterConfigError", "ClusterFile", "HEAD_NODE_TYPE", "NodeTypeSpec",
+    "COMMAND_KEYS", "ClusterConfigError", "ClusterFile", "FrontDoorSpec", "HEAD_NODE_TYPE",
+    "NodeTypeSpec",
     "PROVIDER_MODULE", "default_resources", "dump_ray_config", "load_cluster",
     "node_type_resources", "parse_cluster", "render_ray_config",
 ]

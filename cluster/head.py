@@ -73,6 +73,8 @@ class HeadInfo:
     pid: int | None = None
     log_path: str | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    public_ip: str | None = None
+    public_url: str | None = None  # the TLS front door (Scaleway)
     started_at: float = field(default_factory=time.time)
 
     def save(self) -> None:

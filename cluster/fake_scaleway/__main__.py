@@ -57,6 +57,7 @@ def run_booting(host: str, port: int, config: FakeConfig, binds: list[tuple[str,
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
+        fake.start_database()  # what configs/clusters/box.yaml's control API runs on
         env = fake.env()
         print(f"SCW_API_URL={env.pop('SCW_API_URL')}")
         for key, value in env.items():

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.fake_scaleway import FAKE_PROJECT_ID, FakeScaleway, serve_in_thread
 from cluster.fake_scaleway.box import (
@@ -37,6 +37,9 @@ from cluster.fake_scaleway.state import (
     Server,
     region_of,
 )
+
+if TYPE_CHECKING:
+    from cluster.fake_scaleway.box_db import BoxDatabase
 
 log = logging.getLogger(__name__)
 BOX_PUBLIC_IP_PREFIX = "198.18"
@@ -74,7 +77,9 @@ class BoxBooter:
             nic = state.nics.get(nid)
             ip = state.ips.get(nic.ip_id) if nic else None
             if nic is not None and ip is not None:
-                nics.append(NicSpec(nic.private_network_id, ip.address, nic.mac_address))
+                pn = state.private_networks.get(nic.private_network_id)
+                nics.append(NicSpec(nic.private_network_id, ip.address, nic.mac_address,
+                                    network_name=pn.name if pn else None))
         firewall = None
         if server.public_ip:
             sg = state.security_groups.get(server.security_group or "")
@@ -120,6 +125,7 @@ class BootingFake:
     box: Box
     booter: BoxBooter
     box_api_url: str  # the API as VMs with a public interface reach it
+    database: BoxDatabase | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _ticker: threading.Thread | None = None
 
@@ -132,8 +138,20 @@ class BootingFake:
         return self.api.state
 
     def env(self) -> dict[str, str]:
-        return {**self.api.env(), "INVENTIV_BOX_PUBLIC_NETNS": self.box.public_netns,
-                "INVENTIV_BOX_API_URL": self.box_api_url}
+        env = {**self.api.env(), "INVENTIV_BOX_PUBLIC_NETNS": self.box.public_netns,
+               "INVENTIV_BOX_API_URL": self.box_api_url}
+        if self.database is not None:
+            env["INVENTIV_DATABASE_PASSWORD"] = self.database.password
+        return env
+
+    def start_database(self) -> BoxDatabase:
+        """The box's managed database on ``pn-box`` (``box-db.box.internal``; what
+        configs/clusters/box.yaml names), started once; VMs booted afterwards resolve it."""
+        if self.database is None:
+            from cluster.fake_scaleway.box_db import start_database
+
+            self.database = start_database(self.box, BOX_PRIVATE_NETWORK)
+        return self.database
 
     def stop(self) -> None:
         """Stop ticking, halt every VM, remove the box, stop the API (idempotent)."""

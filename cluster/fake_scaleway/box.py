@@ -126,6 +126,14 @@ def sweep(root: Path = DEFAULT_ROOT, *, include_own: bool = False) -> list[str]:
                                                         int(m.group(1)) == os.getpid())):
             kill_netns(ns)
             removed.append(ns)
+    etc_netns = Path("/etc/netns")
+    if etc_netns.is_dir():
+        for d in etc_netns.iterdir():
+            m = _OWNED.match(d.name)
+            if m and (not _pid_alive(int(m.group(1))) or (include_own and
+                                                            int(m.group(1)) == os.getpid())):
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
     if root.is_dir():
         for d in root.iterdir():
             m = _OWNED.match(d.name)
@@ -143,6 +151,7 @@ class NicSpec:
     private_network_id: str
     address: str
     mac_address: str | None = None
+    network_name: str | None = None  # the server is ``<name>.<network_name>.internal`` there
 
 
 @dataclass
@@ -239,6 +248,8 @@ class Box:
         self._lock = threading.RLock()
         self._bridges: dict[str, str] = {}
         self._vms: dict[str, BoxVm] = {}
+        self._public_names: dict[str, str] = {}
+        self._closers: list[Any] = []  # services of the box, stopped before its namespaces
         self._count = 0
         self._closed = False
         atexit.register(self.close)
@@ -303,6 +314,37 @@ class Box:
                 self._bridges[private_network_id] = name
             return self._bridges[private_network_id]
 
+    def service_netns(self, label: str, private_network_id: str, address: str,
+                      names: Sequence[str] = ()) -> str:
+        """A namespace on a private network's bridge at ``address`` (``a.b.c.d/nn``), for a
+        managed service of the box (e.g. its database: a private endpoint, as Scaleway's
+        managed databases have); ``names`` go to the ``/etc/hosts`` of VMs booted later."""
+        with self._lock:
+            if self._closed:
+                raise BoxUnavailable("the box is closed")
+            ns = f"{self.prefix}-{label}"
+            _run(["ip", "netns", "add", ns])
+            _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            self._veth(self.switch, f"vs{label}"[:15], ns, "eth0",
+                       self.bridge_for(private_network_id))
+            _run(["ip", "-n", ns, "addr", "add", address, "dev", "eth0"])
+            _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+            if names:
+                self.hosts.setdefault(address.split("/")[0], []).extend(names)
+            return ns
+
+    def publish_public_name(self, name: str, ip: str) -> None:
+        """Resolve ``name`` to ``ip`` in the public probe namespace (the box's "public DNS",
+        as an operator's A record for the front door's domain): ``ip netns exec`` binds
+        ``/etc/netns/<ns>/hosts`` over ``/etc/hosts``; removed with the box."""
+        with self._lock:
+            self._public_names[name] = ip
+            etc = Path("/etc/netns") / self.public_netns
+            etc.mkdir(parents=True, exist_ok=True)
+            base = Path("/etc/hosts").read_text()
+            (etc / "hosts").write_text(base.rstrip("\n") + "\n" + "".join(
+                f"{addr} {host}\n" for host, addr in self._public_names.items()))
+
     @staticmethod
     def nft_ruleset(fw: FirewallSpec, iface: str = "pub0") -> str:
         """The VM's nftables ruleset for its public interface (private ones never filtered)."""
@@ -359,8 +401,10 @@ class Box:
                            self.bridge_for(nic.private_network_id))
                 _run(["ip", "-n", ns, "addr", "add", nic.address, "dev", f"eth{k}"])
                 _run(["ip", "-n", ns, "link", "set", f"eth{k}", "up"])
-                for names in ([spec.name],):
-                    self.hosts.setdefault(nic.address.split("/")[0], []).extend(names)
+                names = [spec.name]
+                if nic.network_name:  # Scaleway's private DNS: <server>.<network>.internal
+                    names.insert(0, f"{spec.name}.{nic.network_name}.internal")
+                self.hosts.setdefault(nic.address.split("/")[0], []).extend(names)
             if spec.public_ip:
                 self._veth(self.switch, f"v{n}p", ns, "pub0", "brpub")
                 _run(["ip", "-n", ns, "addr", "add", f"{spec.public_ip}/{PUBLIC_NET.prefixlen}",
@@ -450,6 +494,12 @@ class Box:
             ids = list(self._vms)
         for sid in ids:
             self.halt(sid)
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001, S110 - the namespaces go below regardless
+                pass
+        shutil.rmtree(Path("/etc/netns") / self.public_netns, ignore_errors=True)
         for ns in list_box_netns():
             if ns.startswith(self.prefix):
                 kill_netns(ns)
