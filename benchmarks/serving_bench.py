@@ -198,26 +198,94 @@ def submit_app(app: Any, name: str, route_prefix: str) -> list[BaseException]:
     return errors
 
 
-def baseline_app(spec: Any, options: Any) -> Any:
-    """Ray's stock ingress, as ``build_openai_app`` builds it without ``ingress_cls_config``,
-    bound to the ``LLMServer`` deployment of our app (same replica)."""
+# Ray Serve LLM's own LLMConfig fields that change the model replica's code path; the stock
+# stack has none of them.
+REPLICA_FIELDS = ("server_cls", "experimental_configs")
+
+
+def stock_llm_config(spec: Any) -> Any:
+    """The ``LLMConfig`` of the stock stack: our builder's engine, placement and autoscaling,
+    with Ray's own replica class and stream batching (what ``build_openai_app`` gives a user
+    who passes the same engine settings)."""
+    from ray.serve.llm import LLMConfig
+
+    from serve_apps.builder import llm_config_dict
+
+    (dep,) = spec.deployments
+    config = llm_config_dict(dep, resolve=lambda s: s)
+    for name in REPLICA_FIELDS:
+        config.pop(name, None)
+    return LLMConfig(**config)
+
+
+def replica_is_stock(spec: Any) -> bool:
+    """Whether our app's model replica is exactly the stock one (then both ingresses share it
+    and the comparison is ingress against ingress)."""
+    from serve_apps.builder import llm_config_dict
+
+    (dep,) = spec.deployments
+    config = llm_config_dict(dep, resolve=lambda s: s)
+    return not any(config.get(name) for name in REPLICA_FIELDS)
+
+
+def baseline_app(spec: Any, options: Any, *, own_replica: bool) -> Any:
+    """Ray's stock ingress, as ``build_openai_app`` builds it without ``ingress_cls_config``.
+    ``own_replica``: in front of its own stock ``LLMServer`` (the stock stack, when ours
+    changes the replica: stream coalescing); else bound to the ``LLMServer`` deployment of our
+    app (same replica)."""
     from ray import serve
+    from ray.serve.llm import build_llm_deployment
     from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 
     from core.ray_private import to_model_metadata
-    from serve_apps.builder import build_llm_configs
 
-    (config,) = build_llm_configs(spec, resolve=lambda s: s)
-    # Not checked: the other app is being deployed at the same time (its start overlaps
-    # this one's); the handle resolves once the deployment exists.
-    handle = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=APP_OURS,
-                                         _check_exists=False)
+    config = stock_llm_config(spec)
+    if own_replica:
+        handle: Any = build_llm_deployment(config)
+    else:
+        # Not checked: the other app is being deployed at the same time (its start overlaps
+        # this one's); the handle resolves once the deployment exists.
+        handle = serve.get_deployment_handle(f"LLMServer:{MODEL}", app_name=APP_OURS,
+                                             _check_exists=False)
     return serve.deployment(  # type: ignore[attr-defined]  # (serve.deployment's overloads)
         make_fastapi_ingress(OpenAiIngress), name="baseline-ingress", num_replicas=1,
         max_ongoing_requests=options.max_ongoing_requests,
         ray_actor_options={"num_cpus": options.ingress_cpus},
     ).bind(llm_deployments={MODEL: handle},
            model_cards={MODEL: to_model_metadata(MODEL, config)}, lora_paths={})
+
+
+# Stream coalescing for the prototype (``--coalescing on`` while serve_apps/builder.py does not
+# set it itself): what llm_config_dict adds for it.
+COALESCING_CONFIG = {
+    "server_cls": "serve_apps.coalescing.LLMServer",
+    "experimental_configs": {"inventiv_stream_coalescing": {
+        "min_ms": 10.0, "max_ms": 250.0, "per_stream_ms": 8.0}},
+}
+
+
+@contextmanager
+def coalescing(enabled: bool, policy: dict[str, float] | None = None) -> Iterator[None]:
+    """Our builder's ``llm_config_dict`` with stream coalescing added (or removed) for this
+    run: the builder is patched in this process only, the checkout is untouched."""
+    from unittest import mock
+
+    import serve_apps.builder as builder
+
+    original = builder.llm_config_dict
+
+    def patched(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        config = original(*args, **kwargs)
+        for name in REPLICA_FIELDS:
+            config.pop(name, None)
+        if enabled:
+            config.update(json.loads(json.dumps(COALESCING_CONFIG)))
+            if policy:
+                config["experimental_configs"]["inventiv_stream_coalescing"].update(policy)
+        return config
+
+    with mock.patch.object(builder, "llm_config_dict", patched):
+        yield
 
 
 def ingress_processes() -> dict[str, Any]:
@@ -229,7 +297,8 @@ def ingress_processes() -> dict[str, Any]:
     wanted = {"ours": f"ServeReplica:{APP_OURS}:ingress",
               "baseline": f"ServeReplica:{APP_BASE}:baseline-ingress",
               "proxy": "ProxyActor",
-              "replica": f"ServeReplica:{APP_OURS}:LLMServer"}
+              "replica": f"ServeReplica:{APP_OURS}:LLMServer",
+              "baseline_replica": f"ServeReplica:{APP_BASE}:LLMServer"}
     found: dict[str, Any] = {}
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         try:
@@ -434,8 +503,19 @@ async def capture(session: Any, url: str, out: Path, engine: str) -> None:
 LITELLM_KEY = "sk-bench-" + uuid.uuid4().hex
 LITELLM_VERSION = "1.108.7"
 # Which processes each arm's requests cross (for full-stack CPU per request).
-STACKS = {"ours": ("ours", "proxy", "replica"), "baseline": ("baseline", "proxy", "replica"),
-          "litellm": ("litellm", "proxy", "baseline", "replica")}
+# With its own replica (``baseline_replica``), the stock stack's requests cross that one.
+STACKS = {"ours": ("ours", "proxy", "replica"),
+          "baseline": ("baseline", "proxy", "baseline_replica", "replica"),
+          "litellm": ("litellm", "proxy", "baseline", "baseline_replica", "replica")}
+
+
+def stack_path(arm: str, procs: dict[str, Any]) -> list[str]:
+    """The tracked processes an arm's requests cross: the stock stack's own replica when it
+    has one, else the shared one."""
+    path = [p for p in STACKS[arm] if p in procs]
+    if arm != "ours" and "baseline_replica" in path:
+        path.remove("replica")
+    return path
 
 
 def litellm_executable(option: str | None) -> tuple[str | None, str | None]:
@@ -587,7 +667,7 @@ async def measure(base_url: str, key: str, concurrencies: list[int], rounds: int
                     cpu[name]["ingress"] * 1000 / n, 3) if name in procs else None
                 summary["proxy_cpu_ms_per_request"] = round(
                     cpu[name]["proxy"] * 1000 / n, 3) if "proxy" in procs else None
-                path = [p for p in STACKS[name] if p in procs]
+                path = stack_path(name, procs)
                 summary["full_stack_processes"] = path
                 summary["full_stack_cpu_ms_per_request"] = round(
                     sum(stack_cpu[name][p] for p in path) * 1000 / n, 3)
@@ -675,9 +755,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(serve.shutdown)
         t0 = time.monotonic()
         profile_path = str(Path(temp) / "ingress.prof") if args.profile else None
-        errors_ours = submit_app(build_ours(spec, options, profile_path), APP_OURS, "/")
+        with coalescing(args.coalescing == "on"):
+            own_replica = not replica_is_stock(spec)
+            errors_ours = submit_app(build_ours(spec, options, profile_path), APP_OURS, "/")
         _wait_deployed(APP_OURS, errors_ours, args.ready_timeout)
-        errors_base = submit_app(baseline_app(spec, options), APP_BASE, BASE_PREFIX)
+        errors_base = submit_app(baseline_app(spec, options, own_replica=own_replica),
+                                 APP_BASE, BASE_PREFIX)
         wait_app_running(APP_OURS, args.ready_timeout, errors=errors_ours, poll_s=0.5)
         wait_app_running(APP_BASE, args.ready_timeout, errors=errors_base, poll_s=0.5)
         startup_s = time.monotonic() - t0
@@ -718,6 +801,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": os.cpu_count(), "startup_s": round(startup_s, 1),
         "total_s": round(time.monotonic() - started, 1),
         "control_api_db": "postgres", "rate_limits": not args.no_rate_limits,
+        "stream_coalescing": (COALESCING_CONFIG if args.coalescing == "on" else None),
+        "baseline_replica": "own (stock LLMServer)" if own_replica else "shared with ours",
         "usage_records": {"expected": ours_requests, "recorded": usage_records},
         "targets": TARGETS if args.engine == "null" else None,
         "litellm": ({"version": LITELLM_VERSION, "executable": litellm_path, "workers": 1,
@@ -771,6 +856,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    default=float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "900")))
     p.add_argument("--no-rate-limits", action="store_true",
                    help="ablation: our ingress without the limiter round trips")
+    p.add_argument("--coalescing", choices=["on", "off"], default="on",
+                   help="our model replica with stream coalescing (serve_apps.coalescing; "
+                        "the stock stack then gets its own stock replica) or without (both "
+                        "ingresses share one stock replica)")
     p.add_argument("--profile", action="store_true",
                    help="cProfile our ingress replica during the run; report its hot spots")
     p.add_argument("--capture-dir", type=Path, default=None,

@@ -120,7 +120,7 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan
             return
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], route_path(scope)
         if path == HEALTH_PATH and method in ("GET", "HEAD"):
             await send_json(send, 200, b'{"status":"ok"}', head=method == "HEAD")
             return
@@ -215,6 +215,18 @@ class Gate:
                 500, "Internal error while checking the request.", type=protocol.SERVER,
                 code="internal_error"), ctx.request_id)
         return False
+
+
+def route_path(scope: Any) -> str:
+    """The request's path under the app's route prefix: Serve (like any ASGI server with a
+    root path) puts the prefix in ``root_path`` and keeps it in ``path``; the routes are
+    matched without it, as Starlette's router does. ``root_path`` is the server's, never the
+    client's."""
+    path: str = scope["path"]
+    root: str = (scope.get("root_path") or "").rstrip("/")
+    if root and path.startswith(root) and path[len(root):len(root) + 1] in ("/", ""):
+        return path[len(root):] or "/"
+    return path
 
 
 def _client_address(scope: Any) -> str | None:

@@ -22,6 +22,7 @@ exceptions into 500s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -293,6 +294,7 @@ def _key_cache_extras(options: IngressOptions) -> dict[str, Any]:
     return extras
 
 
+@functools.cache  # one lookup per request type, not one per streamed request
 def _stream_options_type(request_type: type) -> Any:
     import typing
 

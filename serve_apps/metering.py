@@ -45,6 +45,11 @@ class SseSplitter:
         *events, self._buf = self._buf.split("\n\n")
         return [e for e in events if e.strip()]
 
+    @property
+    def empty(self) -> bool:
+        """Whether no unfinished event is buffered (the next chunk starts an event)."""
+        return not self._buf
+
     def rest(self) -> str:
         """What is left after the stream ended (an event without its blank line)."""
         rest, self._buf = self._buf, ""
@@ -259,6 +264,27 @@ def _rewrite_fast(data: str, meter: Meter, keep_usage: bool, keep_continuous: bo
     return data[:cut] + data[end:]
 
 
+# What makes an event need the per-event path after the first token (see ``rewrite_event``):
+# a member named usage, error or role, or the end of the stream. Text inside a JSON string
+# may contain them too: that only sends an event the exact way, never the other way round.
+_NEEDS_METERING = ('"usage"', '"error"', '"role"', DONE)
+
+
+def plain_prefix(chunk: str) -> int:
+    """The length of the complete events that start ``chunk`` and need no metering beyond
+    counting (no ``_NEEDS_METERING`` text): what :func:`rewrite_event` would pass on as it is,
+    one by one. 0 for CRLF framing (the splitter normalises it)."""
+    if "\r" in chunk:
+        return 0
+    end = len(chunk)
+    for marker in _NEEDS_METERING:
+        i = chunk.find(marker, 0, end)
+        if i >= 0:
+            end = i
+    boundary = chunk.rfind("\n\n", 0, end)
+    return boundary + 2 if boundary >= 0 else 0
+
+
 TIMEOUT_EVENT = ('data: {"error": {"message": "The request exceeded its time limit.", '
                  '"type": "timeout", "param": null, "code": "request_timeout"}}\n\n')
 
@@ -298,6 +324,18 @@ async def metered_stream(chunks: AsyncIterable[Any], meter: Meter, *,
     try:
         async for chunk in upstream:
             out = []
+            if meter.first_token_at is not None and splitter.empty and isinstance(chunk, str):
+                # Packed token events (the replica coalesces them): passed on in one piece,
+                # counted, not split (see ``plain_prefix``).
+                n = plain_prefix(chunk)
+                if n:
+                    head = chunk[:n]
+                    meter.token_events += head.count('"delta":') + head.count('"text":')
+                    if n == len(chunk):
+                        yield chunk
+                        continue
+                    out.append(head)
+                    chunk = chunk[n:]
             for event in splitter.feed(chunk):
                 data = event_data(event)
                 if data is None:

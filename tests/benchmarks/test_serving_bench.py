@@ -281,6 +281,11 @@ def test_quick_null_engine_run_prints_one_complete_json_object() -> None:
     result = json.loads(lines[0])
     assert result["benchmark"] == "serving_bench" and result["engine"] == "null"
     assert [r["concurrency"] for r in result["results"]] == [1, 4]
+    # Stream coalescing on (the default): the stock stack runs on its own stock replica.
+    assert result["stream_coalescing"] and result["baseline_replica"].startswith("own")
+    for r in result["results"]:
+        assert r["baseline"]["full_stack_processes"] == ["baseline", "proxy", "baseline_replica"]
+        assert r["ours"]["full_stack_processes"] == ["ours", "proxy", "replica"]
     for r in result["results"]:
         for arm in ("baseline", "ours"):
             stats = r[arm]

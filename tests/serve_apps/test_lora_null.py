@@ -4,7 +4,7 @@ hand (deterministic weights, like the model itself), and the null engine's ``res
 folder that is no adapter, and answering an unknown ``<model>:<adapter>`` with vLLM's 404.
 
 The live test (ingress + Serve multiplexing from a moto S3 bucket on the shared cluster) is
-drafted in /work/notes/h6-lora-live-test.py and not run yet.
+tests/serve_apps/test_lora_live.py.
 """
 
 from __future__ import annotations
