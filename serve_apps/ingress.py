@@ -184,7 +184,7 @@ class InventivIngress(OpenAiIngress):
                 # chunk only when the client asked: the engine then serialises, and the
                 # meter strips, no usage per chunk (a cut stream is billed by its token
                 # events, see serve_apps.metering).
-                options_type = _stream_options_type(type(body))
+                options_type = _stream_options_type(type(body))  # type: ignore[arg-type]
                 body.stream_options = options_type(
                     include_usage=True,
                     continuous_usage_stats=checked.client_continuous_usage)
