@@ -322,9 +322,13 @@ class HfFetcher:
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         """huggingface_hub's exceptions as WeightsError codes (the Hub's message dropped: it
-        names URLs, never a token, but ours is clearer)."""
-        from huggingface_hub import errors
+        names URLs, never a token, but ours is clearer). Online for the call: a download
+        is asked for explicitly, whatever ``HF_HUB_OFFLINE`` the node's environment had when
+        huggingface_hub was imported (it reads it once, at import)."""
+        from huggingface_hub import constants, errors
 
+        offline = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = False
         try:
             yield
         except WeightsError:
@@ -361,6 +365,8 @@ class HfFetcher:
         except Exception as exc:  # noqa: BLE001 - the HTTP library's transport errors
             raise WeightsError("network", f"{self.source}: {what}: {type(exc).__name__}",
                                retryable=True) from None
+        finally:
+            constants.HF_HUB_OFFLINE = offline
 
 
 def _status(exc: Exception) -> int | None:

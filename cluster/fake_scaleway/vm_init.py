@@ -140,6 +140,18 @@ class VmInit:
 
     def mount_views(self) -> None:
         root = self.dir / "fs"
+        # The box's extra mounts are staged first: a host path under /tmp or /var (e.g. a
+        # checkout in /tmp) is hidden once the VM's own views are mounted over it, and a
+        # target there must be bound after them.
+        binds = self.spec.get("binds") or []
+        staged: list[tuple[Path, str]] = []
+        if binds:
+            _mount(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/opt"])
+        for n, (host, target) in enumerate(binds):
+            stage = Path("/opt/.box-binds") / str(n)
+            stage.mkdir(parents=True, exist_ok=True)
+            _mount(["--bind", host, str(stage)])
+            staged.append((stage, target))
         for view in ("etc", "var"):
             upper, work = root / f"{view}.upper", root / f"{view}.work"
             upper.mkdir(parents=True, exist_ok=True)
@@ -151,12 +163,9 @@ class VmInit:
         tmp.mkdir(parents=True, exist_ok=True)
         tmp.chmod(0o1777)
         _mount(["--bind", str(tmp), "/tmp"])
-        binds = self.spec.get("binds") or []
-        if binds:
-            _mount(["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/opt"])
-        for host, target in binds:
+        for stage, target in staged:
             Path(target).mkdir(parents=True, exist_ok=True)
-            _mount(["--bind", host, target])
+            _mount(["--bind", str(stage), target])
         hosts = self.spec.get("hosts") or {}
         if hosts:
             with open("/etc/hosts", "a") as fh:

@@ -45,7 +45,8 @@ def test_the_arm_is_skipped_with_a_reason_without_an_executable(
 
 
 def test_the_litellm_path_crosses_the_stock_server_too(bench: ModuleType) -> None:
-    assert set(bench.STACKS["litellm"]) == {"litellm", "proxy", "baseline", "replica"}
+    assert set(bench.STACKS["litellm"]) == {"litellm", "proxy", "baseline", "baseline_replica",
+                                                  "replica"}
     assert set(bench.STACKS["ours"]) == {"ours", "proxy", "replica"}
 
 

@@ -119,7 +119,8 @@ def head_box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeadBox]:
     _box_or_skip()
     secret_key = str(uuid.uuid4())  # the operator's SCW secret key, as far as the fake knows
     fake = serve_booting(config=FakeConfig(secret_key=secret_key),
-                         binds=[(str(VENV), "/opt/inventiv/venv")])
+                         # The venv's editable install imports the checkout by its path.
+                         binds=[(str(VENV), "/opt/inventiv/venv"), (str(REPO), str(REPO))])
     try:
         db = fake.start_database()
         state = tmp_path_factory.mktemp("box-state")

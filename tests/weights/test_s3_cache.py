@@ -45,8 +45,11 @@ def s3_url() -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     client = boto3.client("s3", endpoint_url=url, region_name="fr-par",
                           aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
-    client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={
-        "LocationConstraint": "fr-par"})
+    try:
+        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={
+            "LocationConstraint": "fr-par"})
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass  # moto's servers in one process share one backend: an earlier module's bucket
     for name, data in FILES.items():
         client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}", Body=data)
     try:
