@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 GB = 1e9
 FIXED_OVERHEAD_BYTES = 1 << 30
@@ -163,6 +163,26 @@ def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config
 
 
+class _Dims(NamedTuple):
+    """A decoder's sizes, as both the parameter count and the memory estimate read them."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+def _dims(cfg: Mapping[str, Any]) -> _Dims:
+    """The sizes of a text config (grouped KV heads and ``head_dim`` default as in HF)."""
+    hidden = _int(cfg, "hidden_size")
+    layers = _int(cfg, "num_hidden_layers")
+    heads = _int(cfg, "num_attention_heads")
+    return _Dims(hidden, layers, heads, _int(cfg, "num_key_value_heads", heads),
+                 _int(cfg, "head_dim", hidden // heads), _int(cfg, "vocab_size"))
+
+
 def _experts(cfg: Mapping[str, Any]) -> int:
     for name in ("num_local_experts", "num_experts", "n_routed_experts"):
         value = cfg.get(name)
@@ -174,12 +194,7 @@ def _experts(cfg: Mapping[str, Any]) -> int:
 def count_params(config: Mapping[str, Any]) -> int:
     """Parameters of a decoder-only transformer (Llama, Mistral, Qwen2/3, Mixtral, Qwen-MoE)."""
     cfg = text_config(config)
-    hidden = _int(cfg, "hidden_size")
-    layers = _int(cfg, "num_hidden_layers")
-    heads = _int(cfg, "num_attention_heads")
-    kv_heads = _int(cfg, "num_key_value_heads", heads)
-    head_dim = _int(cfg, "head_dim", hidden // heads)
-    vocab = _int(cfg, "vocab_size")
+    hidden, layers, heads, kv_heads, head_dim, vocab = _dims(cfg)
     embed = vocab * hidden
     lm_head = 0 if cfg.get("tie_word_embeddings", False) else vocab * hidden
     attn = hidden * heads * head_dim * 2 + hidden * kv_heads * head_dim * 2
@@ -238,12 +253,7 @@ def estimate(config: Mapping[str, Any], engine: EngineShape,
     """Memory one replica needs per GPU (see the module docstring). ``params``: a known
     parameter count (else computed from ``config``). Raises :class:`FitError`."""
     cfg = text_config(config)
-    hidden = _int(cfg, "hidden_size")
-    layers = _int(cfg, "num_hidden_layers")
-    heads = _int(cfg, "num_attention_heads")
-    kv_heads = _int(cfg, "num_key_value_heads", heads)
-    head_dim = _int(cfg, "head_dim", hidden // heads)
-    vocab = _int(cfg, "vocab_size")
+    hidden, layers, _, kv_heads, head_dim, vocab = _dims(cfg)
     inter = _int(cfg, "moe_intermediate_size", cfg.get("intermediate_size") or 4 * hidden) \
         if _experts(cfg) else _int(cfg, "intermediate_size", 4 * hidden)
     tp = max(1, engine.tensor_parallel_size)

@@ -7,11 +7,14 @@ Set ``INVENTIV_REQUIRE_POSTGRES=1`` (``.ci/run`` does) to fail instead of skip w
 from __future__ import annotations
 
 import os
+import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -162,6 +165,64 @@ def _no_real_model_hub() -> Iterator[None]:
         yield
     finally:
         os.environ.pop("HF_ENDPOINT", None)
+
+
+@dataclass(frozen=True)
+class MotoS3:
+    """moto's S3 API server (a real HTTP S3 implementation, standing in for Scaleway Object
+    Storage). moto accepts any credentials; every server in one process shares one backend, so
+    a bucket may already exist from an earlier module: ``bucket`` keeps it."""
+
+    url: str
+
+    def client(self, region: str = "fr-par") -> Any:
+        """A boto3 S3 client on this server."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name=region,
+                            aws_access_key_id="moto-test",
+                            aws_secret_access_key="moto-test-secret")
+
+    def bucket(self, name: str, region: str = "fr-par") -> Any:
+        """Create bucket ``name`` in ``region`` unless it exists; a client in that region."""
+        client = self.client(region)
+        # us-east-1 is the one region S3 refuses as a LocationConstraint.
+        config = {} if region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            client.create_bucket(Bucket=name, **config)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return client
+
+    def put(self, bucket: str, prefix: str, files: Mapping[str, bytes] | Path) -> None:
+        """Objects under ``prefix/``: each ``{key: bytes}``, or every file below a folder (keys
+        relative to it)."""
+        client = self.client()
+        if isinstance(files, Path):
+            for path in sorted(p for p in files.rglob("*") if p.is_file()):
+                client.upload_file(str(path), bucket,
+                                   f"{prefix}/{path.relative_to(files).as_posix()}")
+            return
+        for key, data in files.items():
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """One moto S3 server for the whole session, on a free local port."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield MotoS3(f"http://127.0.0.1:{port}")
+    finally:
+        server.stop()
+
 
 @dataclass
 class TestUser:

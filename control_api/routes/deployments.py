@@ -16,8 +16,6 @@ from control_api.schemas.deployments import (
     MAX_YAML_CHARS,
     DeploymentOut,
     DeploymentWrite,
-)
-from control_api.schemas.model_source import (
     ModelSourceOut,
     SourcedDeploymentList,
     SourcedDeploymentOut,

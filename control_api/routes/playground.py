@@ -4,8 +4,9 @@ Design: the control API proxies the stream, the page never holds a key. The page
 (session cookie, JSON body: the CSRF rule of every console write) to ``POST /api/playground/chat``;
 this route checks the caller's membership in the org they chose, mints a short-lived key of that
 org owned by the caller (kept in this process's memory only, re-used until it nears expiry,
-named ``playground`` so it shows in the org's key list with its spend), and streams the answer
-of the real OpenAI endpoint (the ingress, on the same head) back as server-sent events.
+named ``playground`` so it shows in the org's key list with its spend; the caller's old ones
+are deleted an hour after they end), and streams the answer of the real OpenAI endpoint (the
+ingress, on the same head) back as server-sent events.
 
 Why not hand the page a short-lived key: a key in a page is a key any script of that page can
 read and send elsewhere, for as long as it lives; and the page would have to call the ingress's
@@ -40,7 +41,8 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from control_api.deps import PrincipalDep, SessionDep, access
@@ -48,7 +50,7 @@ from control_api.errors import ApiError, Conflict, NotFound, Unprocessable
 from control_api.services import deployments as deployment_svc
 from control_api.services import identity
 from core.db import session_scope, utcnow
-from core.models import Deployment, Role
+from core.models import ApiKey, Budget, BudgetScope, Deployment, Role
 from finops.deployments import token_price_override
 from finops.ledger import EUR_QUANTUM, to_us
 from finops.unitcost import unit_costs
@@ -60,6 +62,10 @@ KEY_TTL = timedelta(minutes=30)
 # A cached key is replaced when it has less than this left: a chat never outlives its key.
 KEY_MIN_LEFT = timedelta(minutes=5)
 KEY_NAME = "playground"
+# The caller's expired or revoked playground keys of an org are deleted when they next get one
+# there, once this long has passed: the ingress's last usage batches of a key (flushed within a
+# second, or replayed from its spool after an outage) must still find it, or they are refused.
+KEY_CLEANUP_AFTER = timedelta(hours=1)
 UPSTREAM_TIMEOUT = httpx.Timeout(connect=5.0, read=600.0, write=30.0, pool=5.0)
 
 
@@ -200,21 +206,45 @@ def _keys(request: Request) -> PlaygroundKeys:
     return keys  # type: ignore[no-any-return]
 
 
-def _mint(request: Request, principal: Any, org_id: uuid.UUID) -> _Key:
-    """A playground key for (session, org): the cached one, or a new one committed now (the
-    ingress verifies it through the API before the first token)."""
+def _clean_old_keys(db: Session, user_id: uuid.UUID, org_id: uuid.UUID, now: datetime) -> None:
+    """Delete ``user_id``'s playground keys of ``org_id`` that expired or were revoked more than
+    ``KEY_CLEANUP_AFTER`` ago, so the org's key list does not fill with them (their usage
+    records stay: they carry the org and the user). A key of the user's own that happens to be
+    named ``playground`` is kept (it did not live exactly ``KEY_TTL``), and so is a key a budget
+    names."""
+    cutoff = now - KEY_CLEANUP_AFTER
+    budgeted = select(Budget.target_id).where(Budget.scope == BudgetScope.API_KEY)
+    old = [k for k in db.scalars(select(ApiKey).where(
+        ApiKey.name == KEY_NAME, ApiKey.user_id == user_id, ApiKey.org_id == org_id,
+        or_(ApiKey.expires_at <= cutoff, ApiKey.revoked_at <= cutoff),
+        ApiKey.id.not_in(budgeted)))
+        if k.expires_at is not None and k.expires_at - k.created_at == KEY_TTL]
+    if not old:
+        return
+    for key in old:
+        db.delete(key)
+    identity.log_action(db, "api_key.delete", user_id=user_id, org_id=org_id,
+                        details={"api_key_ids": [str(k.id) for k in old],
+                                 "reason": "old playground keys"})
+
+
+def _mint(request: Request, principal: Any, org_id: uuid.UUID, db: Session) -> _Key:
+    """A playground key for (session, org): the cached one while it is not revoked, or a new one
+    committed now (the ingress verifies it through the API before the first token)."""
     now = utcnow()
     cache = _keys(request)
     cached = cache.get(principal.session_id, org_id, now)
     if cached is not None:
-        return cached
-    state = request.app.state
-    with session_scope(state.sessionmaker) as db:
-        key, secret = identity.create_api_key(
-            db, principal, org_id=org_id, name=KEY_NAME, expires_at=now + KEY_TTL,
-            allowed_models=None, rpm_limit=None, tpm_limit=None, monthly_budget_eur=None,
-            now=now, checksum_secret=state.settings.resolved_key_checksum_secret())
-        minted = _Key(secret=secret, key_id=key.id, expires_at=now + KEY_TTL)
+        row = db.get(ApiKey, cached.key_id)
+        if row is not None and row.revoked_at is None:
+            return cached
+    _clean_old_keys(db, principal.user_id, org_id, now)
+    key, secret = identity.create_api_key(
+        db, principal, org_id=org_id, name=KEY_NAME, expires_at=now + KEY_TTL,
+        allowed_models=None, rpm_limit=None, tpm_limit=None, monthly_budget_eur=None,
+        now=now, checksum_secret=request.app.state.settings.resolved_key_checksum_secret())
+    minted = _Key(secret=secret, key_id=key.id, expires_at=now + KEY_TTL)
+    db.commit()
     cache.put(principal.session_id, org_id, minted)
     return minted
 
@@ -290,26 +320,30 @@ def _upstream_message(status: int, body: bytes) -> str:
     return f"the OpenAI endpoint answered {status}"
 
 
-def _prepare(request: Request, principal: Any, body: PlaygroundChat) -> tuple[str, str, _Key]:
+def _prepare(request: Request, principal: Any, body: PlaygroundChat,
+             db: Session) -> tuple[str, str, _Key]:
     """Checks in the order the RBAC matrix expects (role, then objects, then configuration);
-    returns (ingress URL, deployment name, key)."""
+    returns (ingress URL, deployment name, key). Ends the request's transaction: on SQLite an
+    open one holds the write lock that the ingress's key check needs (it records the key's use)
+    while this route waits for the answer."""
     _require_member(principal, body.org_id)
     for i, m in enumerate(body.messages):
         if m.role not in CHAT_ROLES:
             raise Unprocessable(f"messages.{i}.role: must be one of {', '.join(CHAT_ROLES)}")
-    with session_scope(request.app.state.sessionmaker) as db:
-        deps = _chat_deployments(db, principal, body.org_id)
-        match = next((d for d in deps if _model_name(d) == body.model or d.name == body.model),
-                     None)
-        if match is None:
-            raise NotFound("no chat deployment by that model this organisation may use")
-        deployment, model = match.name, _model_name(match)
+    deps = _chat_deployments(db, principal, body.org_id)
+    match = next((d for d in deps if _model_name(d) == body.model or d.name == body.model),
+                 None)
+    if match is None:
+        raise NotFound("no chat deployment by that model this organisation may use")
+    deployment, model = match.name, _model_name(match)
     url = ingress_url(request)
     if url is None:
         raise PlaygroundUnavailable(
             "no OpenAI endpoint is configured for this control API (Serve is not set up)")
     body.model = model
-    return url, deployment, _mint(request, principal, body.org_id)
+    key = _mint(request, principal, body.org_id, db)
+    db.commit()
+    return url, deployment, key
 
 
 @router.post("/chat", openapi_extra=access("org:member"),
@@ -317,10 +351,11 @@ def _prepare(request: Request, principal: Any, body: PlaygroundChat) -> tuple[st
                               "description": "the answer, streamed (see the module doc)"},
                         409: {"description": "playground not configured, or not a member"},
                         502: {"description": "the OpenAI endpoint failed"}})
-async def chat(body: PlaygroundChat, request: Request, principal: PrincipalDep) -> Any:
+async def chat(body: PlaygroundChat, request: Request, principal: PrincipalDep,
+               db: SessionDep) -> Any:
     """Chat with a deployment as a member of ``org_id``, streamed; the last event carries the
     request's tokens and cost. The key used is minted and held server side."""
-    url, deployment, key = await run_in_threadpool(_prepare, request, principal, body)
+    url, deployment, key = await run_in_threadpool(_prepare, request, principal, body, db)
     payload: dict[str, Any] = {
         "model": body.model, "stream": True, "stream_options": {"include_usage": True},
         "messages": [m.model_dump() for m in body.messages]}

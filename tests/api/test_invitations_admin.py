@@ -5,6 +5,7 @@ admin; 404 for other orgs; an invitation as owner is withdrawn by an owner, as i
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -34,18 +35,38 @@ def my_invitations(client: TestClient, user: TestUser) -> list[dict[str, Any]]:
     return r.json()["items"]  # type: ignore[no-any-return]
 
 
+@dataclass
+class InvitingOrg:
+    """An org with an owner and an admin, and the new users they invited, in order."""
+
+    id: uuid.UUID
+    owner: TestUser
+    admin: TestUser
+    invitees: list[TestUser]
+
+
+def inviting_org(client: TestClient, factory: Factory,
+                 *invitations: tuple[str, str]) -> InvitingOrg:
+    """One new user invited per ``(inviter, role)``, ``inviter`` being "owner" or "admin"."""
+    org = factory.org()
+    owner = factory.user(org, Role.OWNER)
+    admin = factory.user(org, Role.ADMIN)
+    invitees = []
+    for inviter, role in invitations:
+        invitee = factory.user()
+        invite(client, org, owner if inviter == "owner" else admin, invitee.username, role)
+        invitees.append(invitee)
+    return InvitingOrg(org, owner, admin, invitees)
+
+
 def error_code(r: Any) -> str:
     return r.json()["error"]["code"]  # type: ignore[no-any-return]
 
 
 def test_org_admin_lists_and_withdraws_pending_invitations(
         client: TestClient, factory: Factory, admin_headers: dict[str, str]) -> None:
-    org = factory.org()
-    owner = factory.user(org, Role.OWNER)
-    admin = factory.user(org, Role.ADMIN)
-    alice, bob = factory.user(), factory.user()
-    invite(client, org, owner, alice.username, "member")
-    invite(client, org, admin, bob.username, "viewer")
+    o = inviting_org(client, factory, ("owner", "member"), ("admin", "viewer"))
+    org, owner, admin, (alice, bob) = o.id, o.owner, o.admin, o.invitees
     r = listed(client, org, admin.headers)
     assert r.status_code == 200, r.text
     items = r.json()["items"]
@@ -117,12 +138,8 @@ def test_below_admin_and_other_orgs_are_refused_with_structured_errors(
 
 def test_owner_invitations_are_withdrawn_by_owners_and_platform_admins_see_all(
         client: TestClient, factory: Factory, admin_headers: dict[str, str]) -> None:
-    org = factory.org()
-    owner = factory.user(org, Role.OWNER)
-    admin = factory.user(org, Role.ADMIN)
-    future_owner, other = factory.user(), factory.user()
-    invite(client, org, owner, future_owner.username, "owner")
-    invite(client, org, owner, other.username, "member")
+    o = inviting_org(client, factory, ("owner", "owner"), ("owner", "member"))
+    org, owner, admin, (future_owner, other) = o.id, o.owner, o.admin, o.invitees
     items = {i["username"]: i["id"] for i in listed(client, org, admin.headers).json()["items"]}
     r = cancel(client, org, items[future_owner.username], admin.headers)
     assert (r.status_code, error_code(r)) == (403, "forbidden")

@@ -11,7 +11,6 @@ weights); Object Storage is moto's real S3 API server. Real database, both backe
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -30,6 +29,7 @@ from core.spec import DeploymentSpec
 from serve_apps.builder import choose_accelerator
 from serve_apps.tiny_model import TinyModelSpec
 from tests.api.routes.test_deployments import PLANE, closed_port
+from tests.conftest import MotoS3
 from tests.weights.fake_hub import FakeHub
 
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
@@ -314,26 +314,10 @@ def test_a_local_directory_is_read_from_disk(
 
 
 @pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=url, region_name="fr-par",
-                      aws_access_key_id="SCWTEST", aws_secret_access_key="test-secret")
-    # moto's backends are per process: a second server (the other database) sees the bucket.
-    if "models" not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-        s3.create_bucket(Bucket="models",
-                         CreateBucketConfiguration={"LocationConstraint": "fr-par"})
-    s3.put_object(Bucket="models", Key="llama-8b/config.json", Body=CONFIG_8B.read_bytes())
-    yield url
-    server.stop()
+def s3_server(moto_s3: MotoS3) -> str:
+    moto_s3.bucket("models")
+    moto_s3.put("models", "llama-8b", {"config.json": CONFIG_8B.read_bytes()})
+    return moto_s3.url
 
 
 def test_object_storage_config_is_read_through_the_s3_api(

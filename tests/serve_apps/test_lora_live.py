@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.client.conftest import free_port
+from tests.conftest import MotoS3
 from tests.serve_apps.conftest import SERVICE_TOKEN, Serving, require_modules
 
 require_modules("openai", "vllm", "torch", "safetensors", "moto", "boto3")
@@ -42,32 +42,11 @@ CREDS = {"AWS_ACCESS_KEY_ID": "moto-test", "AWS_SECRET_ACCESS_KEY": "moto-test-s
          "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 API server on a free local port."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-def upload_adapters(endpoint: str, root: Path, names: list[str]) -> None:
+def upload_adapters(s3: MotoS3, root: Path, names: list[str]) -> None:
     """Build one tiny PEFT adapter per name and put it under ``s3://BUCKET/loras/<name>/``."""
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=CREDS["AWS_DEFAULT_REGION"],
-                      aws_access_key_id=CREDS["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=CREDS["AWS_SECRET_ACCESS_KEY"])
-    s3.create_bucket(Bucket=BUCKET)
+    s3.bucket(BUCKET, region=CREDS["AWS_DEFAULT_REGION"])
     for seed, name in enumerate(names):
-        folder = build_tiny_adapter(root / name, MODEL, seed=seed)
-        for file in sorted(folder.iterdir()):
-            s3.upload_file(str(file), BUCKET, f"loras/{name}/{file.name}")
+        s3.put(BUCKET, f"loras/{name}", build_tiny_adapter(root / name, MODEL, seed=seed))
 
 
 def lora_spec(tiny: Path, endpoint: str, other_org: uuid.UUID) -> Any:
@@ -101,7 +80,7 @@ deployments:
 
 
 @pytest.fixture(scope="module")
-def lora_app(serving: Serving, tiny_model_dir: Path, s3_endpoint: str,
+def lora_app(serving: Serving, tiny_model_dir: Path, moto_s3: MotoS3,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The null-engine LoRA app on the shared cluster; yields its OpenAI base URL."""
     from ray import serve
@@ -111,12 +90,12 @@ def lora_app(serving: Serving, tiny_model_dir: Path, s3_endpoint: str,
     from serve_apps.builder import IngressOptions, build_app
 
     state = tmp_path_factory.mktemp("lora-ingress")
-    upload_adapters(s3_endpoint, state / "adapters", ["sql", "poem", "secret"])
+    upload_adapters(moto_s3, state / "adapters", ["sql", "poem", "secret"])
     token_file = state / "service_token"
     token_file.write_text(SERVICE_TOKEN)
     token_file.chmod(0o600)
     control = serving.control
-    spec = lora_spec(tiny_model_dir, s3_endpoint, control.other_org_id)
+    spec = lora_spec(tiny_model_dir, moto_s3.url, control.other_org_id)
     with control.sessions() as s, s.begin():
         for dep in spec.deployments:
             s.add(Deployment(name=dep.name, spec=dep.model_dump(mode="json"), status="running"))

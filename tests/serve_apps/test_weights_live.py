@@ -8,7 +8,6 @@ Heavy: run under the heavy lock (``flock /tmp/inventiv-heavy.lock``)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from sqlalchemy import select
 from core.models import Deployment
 from core.models_weights import WeightDownload
 from core.spec import parse_spec
-from tests.conftest import SERVICE_TOKEN
+from tests.conftest import SERVICE_TOKEN, MotoS3
 from tests.serve_apps.conftest import READY_TIMEOUT_S, Serving, require_modules
 from tests.weights.fake_hub import FakeHub
 
@@ -63,28 +62,12 @@ deployments:
 
 
 @pytest.fixture
-def sources(tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    s3_url = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=s3_url, region_name="fr-par",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=KEY)
-    client.create_bucket(Bucket="weights-live",
-                         CreateBucketConfiguration={"LocationConstraint": "fr-par"})
-    for f in sorted(tiny_model_dir.iterdir()):
-        client.upload_file(str(f), "weights-live", f"tiny/v1/{f.name}")
-    try:
-        with FakeHub(repos={"org/tiny": {"files_dir": tiny_model_dir, "gated": True,
-                                         "tokens": {TOKEN}}}) as hub:
-            yield {"hub": hub, "s3": s3_url}
-    finally:
-        moto.stop()
+def sources(tiny_model_dir: Path, moto_s3: MotoS3) -> Iterator[dict[str, Any]]:
+    moto_s3.bucket("weights-live")
+    moto_s3.put("weights-live", "tiny/v1", tiny_model_dir)
+    with FakeHub(repos={"org/tiny": {"files_dir": tiny_model_dir, "gated": True,
+                                     "tokens": {TOKEN}}}) as hub:
+        yield {"hub": hub, "s3": moto_s3.url}
 
 
 def _store(serving: Serving, spec: Any, tmp_path: Path) -> Path:

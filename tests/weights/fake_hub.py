@@ -48,7 +48,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import uvicorn
 from starlette.applications import Starlette
@@ -103,6 +103,15 @@ class _Repo:
         if revision in self.branches:
             return self.branches[revision]
         return revision if revision in self.branches.values() else None
+
+
+class _Lookup(NamedTuple):
+    """What a request names: the repo, and the revision it asked for with its commit."""
+
+    repo_id: str
+    repo: _Repo
+    revision: str
+    commit: str
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -172,74 +181,65 @@ class FakeHub:
 
     # ------------------------------------------------------------------ the app
 
-    def _access(self, request: Request, repo_id: str) -> tuple[_Repo | None, Response | None]:
+    def _lookup(self, request: Request) -> _Lookup | Response:
+        """The repo and commit a request names (the request recorded, the token checked as the
+        Hub does), or the Hub's refusal."""
         auth = request.headers.get("authorization", "")
         token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
         with self._lock:
             self.requests.append((request.method, request.url.path, token))
+        repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
         repo = self.repos.get(repo_id)
         if repo is None:
-            return None, _error(404, "RepoNotFound", f"Repository {repo_id} not found")
+            return _error(404, "RepoNotFound", f"Repository {repo_id} not found")
         if repo.gated:
             if token is None:
-                return None, _error(401, "GatedRepo",
-                                    f"Access to model {repo_id} is restricted. You must have "
-                                    "access to it and be authenticated to access it.")
+                return _error(401, "GatedRepo",
+                              f"Access to model {repo_id} is restricted. You must have "
+                              "access to it and be authenticated to access it.")
             if token not in repo.tokens:
-                return None, _error(403, "GatedRepo",
-                                    f"Access to model {repo_id} is restricted and you are not "
-                                    "in the authorized list.")
-        return repo, None
+                return _error(403, "GatedRepo",
+                              f"Access to model {repo_id} is restricted and you are not "
+                              "in the authorized list.")
+        revision = request.path_params.get("rev", "main")
+        commit = repo.commit_of(revision)
+        if commit is None:
+            return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return _Lookup(repo_id, repo, revision, commit)
 
     def app(self) -> Starlette:
         hub = self
 
         async def info(request: Request) -> Response:
-            repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-            repo, refusal = hub._access(request, repo_id)
-            if repo is None:
-                assert refusal is not None
-                return refusal
-            revision = request.path_params.get("rev", "main")
-            commit = repo.commit_of(revision)
-            if commit is None:
-                return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            found = hub._lookup(request)
+            if isinstance(found, Response):
+                return found
+            repo_id, repo = found.repo_id, found.repo
             return JSONResponse({
-                "id": repo_id, "modelId": repo_id, "sha": commit, "private": False,
+                "id": repo_id, "modelId": repo_id, "sha": found.commit, "private": False,
                 "gated": "manual" if repo.gated else False, "disabled": False,
                 "siblings": [{"rfilename": p} for p in repo.files],
                 "tags": [], "downloads": 0, "likes": 0,
             })
 
         async def tree(request: Request) -> Response:
-            repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-            repo, refusal = hub._access(request, repo_id)
-            if repo is None:
-                assert refusal is not None
-                return refusal
-            revision = request.path_params["rev"]
-            if repo.commit_of(revision) is None:
-                return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+            found = hub._lookup(request)
+            if isinstance(found, Response):
+                return found
             prefix = request.path_params.get("path", "").strip("/")
-            entries = [f.tree_entry() for p, f in repo.files.items()
+            entries = [f.tree_entry() for p, f in found.repo.files.items()
                        if not prefix or p.startswith(prefix + "/")]
             return JSONResponse(entries)
 
         async def resolve(request: Request) -> Response:
-            repo_id = f"{request.path_params['org']}/{request.path_params['name']}"
-            repo, refusal = hub._access(request, repo_id)
-            if repo is None:
-                assert refusal is not None
-                return refusal
-            revision = request.path_params["rev"]
-            commit = repo.commit_of(revision)
-            if commit is None:
-                return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-            path = request.path_params["path"]
-            file = repo.files.get(path)
+            found = hub._lookup(request)
+            if isinstance(found, Response):
+                return found
+            repo_id, path = found.repo_id, request.path_params["path"]
+            file = found.repo.files.get(path)
             if file is None:
-                return _error(404, "EntryNotFound", f"{path} does not exist at {revision}")
-            headers = {"X-Repo-Commit": commit, "ETag": f'"{file.etag}"',
+                return _error(404, "EntryNotFound", f"{path} does not exist at {found.revision}")
+            headers = {"X-Repo-Commit": found.commit, "ETag": f'"{file.etag}"',
                        "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
             if file.lfs:
                 headers["X-Linked-Size"] = str(len(file.data))

@@ -23,6 +23,7 @@ from serve_apps.weights import (
     release_leases,
 )
 from tests.weights.fake_hub import FakeHub
+from tests.weights.replicas import concurrently
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "model.safetensors"
@@ -92,21 +93,8 @@ def test_downloads_verifies_and_reuses(hub: FakeHub, tmp_path: Path, repo_dir: P
 def test_two_concurrent_replicas_download_once(hub: FakeHub, tmp_path: Path) -> None:
     # The first downloader stalls mid-file: the second must be waiting on the lock by then.
     hub.drop_after[MODEL] = 200_000  # one retry, resumed with Range
-    results: list[Path] = []
-    errors: list[BaseException] = []
-
-    def replica() -> None:
-        try:
-            results.append(cache(tmp_path).ensure(HfFetcher("org/tiny", None, None, hub.url)))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=replica) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    results = concurrently(
+        lambda: cache(tmp_path).ensure(HfFetcher("org/tiny", None, None, hub.url)))
     assert len(results) == 2 and results[0] == results[1]
     # One file download (its resumed second half aside), whatever the replicas' order.
     ranged = [r for p, r in hub.ranges if p == MODEL]

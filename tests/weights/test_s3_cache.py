@@ -7,12 +7,10 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from serve_apps.weights import (
@@ -24,6 +22,8 @@ from serve_apps.weights import (
     release_leases,
     s3_etag_matches,
 )
+from tests.conftest import MotoS3
+from tests.weights.replicas import concurrently
 
 BUCKET = "models"
 PREFIX = "tiny/v1"
@@ -34,28 +34,10 @@ KEY_ID, SECRET = "SCWTESTKEYID", "test-secret-key-value"
 
 
 @pytest.fixture(scope="module")
-def s3_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=url, region_name="fr-par",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
-    try:
-        client.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={
-            "LocationConstraint": "fr-par"})
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass  # moto's servers in one process share one backend: an earlier module's bucket
-    for name, data in FILES.items():
-        client.put_object(Bucket=BUCKET, Key=f"{PREFIX}/{name}", Body=data)
-    try:
-        yield url
-    finally:
-        server.stop()
+def s3_url(moto_s3: MotoS3) -> str:
+    moto_s3.bucket(BUCKET)
+    moto_s3.put(BUCKET, PREFIX, FILES)
+    return moto_s3.url
 
 
 @pytest.fixture(autouse=True)
@@ -94,25 +76,12 @@ def test_downloads_an_s3_prefix_verified_and_reuses_it(s3_url: str, tmp_path: Pa
 
 
 def test_two_concurrent_replicas_fetch_each_object_once(s3_url: str, tmp_path: Path) -> None:
-    calls: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+    def replica() -> list[dict[str, Any]]:
+        f, calls = fetcher(s3_url)
+        cache(tmp_path).ensure(f)
+        return calls
 
-    def replica() -> None:
-        f, mine = fetcher(s3_url)
-        try:
-            cache(tmp_path).ensure(f)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        with lock:
-            calls.extend(mine)
-
-    threads = [threading.Thread(target=replica) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors
+    calls = [c for mine in concurrently(replica) for c in mine]
     assert sorted(c["Key"] for c in calls) == sorted(f"{PREFIX}/{n}" for n in FILES)
 
 
@@ -145,12 +114,11 @@ def test_a_corrupted_partial_is_rejected_and_fetched_again(s3_url: str, tmp_path
         "bytes=300000-", None]
 
 
-def test_multipart_etags_are_verified(s3_url: str, tmp_path: Path) -> None:
+def test_multipart_etags_are_verified(s3_url: str, moto_s3: MotoS3, tmp_path: Path) -> None:
     from boto3.s3.transfer import TransferConfig
 
     data = os.urandom(11 * 1024 * 1024)
-    client = boto3.client("s3", endpoint_url=s3_url, region_name="fr-par",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    client = moto_s3.client()
     src = tmp_path / "big.bin"
     src.write_bytes(data)
     client.upload_file(str(src), BUCKET, "multi/v1/model.safetensors", Config=TransferConfig(
@@ -166,9 +134,9 @@ def test_multipart_etags_are_verified(s3_url: str, tmp_path: Path) -> None:
     assert file_digest(path / MODEL, "sha256") == hashlib.sha256(data).hexdigest()
 
 
-def test_an_object_changed_during_the_download_is_refused(s3_url: str, tmp_path: Path) -> None:
-    client = boto3.client("s3", endpoint_url=s3_url, region_name="fr-par",
-                          aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+def test_an_object_changed_during_the_download_is_refused(s3_url: str, moto_s3: MotoS3,
+                                                          tmp_path: Path) -> None:
+    client = moto_s3.client()
     client.put_object(Bucket=BUCKET, Key="moving/v1/config.json", Body=b"{}")
     f, _ = fetcher(s3_url, prefix="moving/v1")
     manifest = f.manifest()
