@@ -10,7 +10,7 @@ all its requests together (they run in parallel in a browser, so the slowest one
 page). Baseline in the same run: ``GET /api/auth/me`` (auth + one query). The target is
 < 300 ms per request (``within_target``).
 
-    python benchmarks/console_bench.py [--json] [--small] [--runs N] [--profile]
+    python benchmarks/console_bench.py [--json] [--small] [--runs N] [--profile] [--only P,..]
 """
 
 from __future__ import annotations
@@ -57,6 +57,17 @@ def pages(instance_id: uuid.UUID) -> dict[str, list[str]]:
                   "/api/finops/budgets"],
         "costs-365d": ["/api/finops/series?window=365d&bucket=day",
                        "/api/finops/costs?window=365d&group_by=deployment"],
+        # The costs page's other choices: each chart window (with the bucket the page asks
+        # for) and each breakdown group, over the longest window the page offers.
+        "costs-choices": ["/api/finops/series?window=hour&bucket=minute",
+                          "/api/finops/series?window=7d&bucket=hour",
+                          "/api/finops/series?window=30d&bucket=day",
+                          "/api/finops/series?window=month&bucket=day",
+                          "/api/finops/costs?window=365d&group_by=provider",
+                          "/api/finops/costs?window=365d&group_by=zone",
+                          "/api/finops/costs?window=365d&group_by=instance_type",
+                          "/api/finops/costs?window=30d&group_by=org"],
+        "costs-365d-org": ["/api/finops/costs?window=365d&group_by=org"],
         "instances": ["/instances", "/api/instances?limit=50",
                       "/api/instances?limit=50&state=ready&provider=scaleway"],
         "instance": [f"/instances/{instance_id}", f"/api/instances/{instance_id}",
@@ -115,6 +126,8 @@ def measure(client: Any, paths: list[str], runs: int) -> dict[str, Any]:
                                         1),
         "all_requests_ms_p50": round(statistics.median(total), 1),
         "per_request_ms_p50": {p: round(statistics.median(v), 1) for p, v in per.items()},
+        "per_request_ms_p95": {p: round(q(v, n=20)[-1] if len(v) > 1 else v[0], 1)
+                               for p, v in per.items()},
     }
 
 
@@ -149,7 +162,8 @@ def profile_unit_costs(sessions: Any, top: int = 15) -> dict[str, Any]:
             "profiled_ms": round(total_ms, 1), "top": rows[:top]}
 
 
-def run(small: bool, runs: int, profile: bool = False) -> dict[str, Any]:
+def run(small: bool, runs: int, profile: bool = False,
+        only: list[str] | None = None) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
     from control_api.app import create_app
@@ -191,6 +205,8 @@ def run(small: bool, runs: int, profile: bool = False) -> dict[str, Any]:
                 result["baseline_auth_me_ms_p50"] = base["slowest_request_ms_p50"]
                 out = {}
                 for name, paths in pages(ids[0]).items():
+                    if only and name not in only:
+                        continue
                     out[name] = measure(client, paths, runs)
                     out[name]["ratio_vs_baseline"] = round(
                         out[name]["slowest_request_ms_p50"]
@@ -214,8 +230,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--profile", action="store_true",
                     help="also cProfile the unit-costs computation (top functions in the JSON)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated page names to measure (default: every page)")
     args = ap.parse_args()
-    result = run(args.small, args.runs, args.profile)
+    result = run(args.small, args.runs, args.profile,
+                 [p for p in args.only.split(",") if p] or None)
     print(json.dumps(result, indent=None if args.json else 2))
 
 

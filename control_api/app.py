@@ -33,6 +33,8 @@ from control_api.routes import (
     api_keys,
     auth,
     catalog,
+    console_reset,
+    console_sessions,
     deployments,
     finops,
     health,
@@ -262,8 +264,11 @@ def create_app(settings: Settings | None = None, *, plane: DataPlane | None = No
     install_error_handlers(app)
     for module in (health, auth, users, orgs, api_keys, service_tokens, catalog, deployments,
                    finops, instances, action_logs, internal, internal_budgets, reconcile,
-                   secrets, internal_weights, playground):
+                   secrets, internal_weights, playground, console_sessions):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    # Password-reset links: the admin half under /api/users, the public half under /api/auth.
+    app.include_router(console_reset.admin_router, responses=ERROR_RESPONSES)
+    app.include_router(console_reset.public_router, responses=ERROR_RESPONSES)
     # The web console at / (page shells and static files; its data comes from /api).
     console.install(app)
     install_security_schemes(app, settings.cookie_name)

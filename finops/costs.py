@@ -250,6 +250,68 @@ def fetch_span_rows(session: Session, a_us: int, b_us: int, now_us: int,
             if e > a_us and s < b_us]
 
 
+def series_units(session: Session, edges: Sequence[int], now_us: int) -> list[int]:
+    """Cost units per bucket ``[edges[i], edges[i+1])``, equal to :func:`bucketize` over
+    :func:`fetch_span_rows` of the whole range, without reading a year of spans.
+
+    As :func:`window_costs_units`: every UTC day a bucket contains whole is read from
+    ``cost_daily`` (closed spans, one row a day); what is left of a bucket (its partial days,
+    every bucket shorter than a day) from the closed spans overlapping it, clipped to it; open
+    spans (what runs now) row by row. A 365-day series by day reads 365 rollup rows, the two
+    partial days' spans and the open spans, instead of ~100k spans.
+    """
+    nb = len(edges) - 1
+    if nb <= 0:
+        return []
+    no_parallel(session)
+    day_bucket: dict[int, int] = {}  # whole UTC day -> bucket containing it
+    rest: list[tuple[int, int]] = []  # parts of buckets not covered by whole days, merged
+    for k in range(nb):
+        a, b = edges[k], edges[k + 1]
+        first, last = -(-a // DAY_US) * DAY_US, (b // DAY_US) * DAY_US
+        parts = [(a, b)]
+        if first < last:
+            for d in range(first, last, DAY_US):
+                day_bucket[d] = k
+            parts = [r for r in ((a, first), (last, b)) if r[0] < r[1]]
+        for lo, hi in parts:
+            if rest and rest[-1][1] == lo:
+                rest[-1] = (rest[-1][0], hi)
+            else:
+                rest.append((lo, hi))
+    out = [0] * nb
+    if day_bucket:
+        sql = ("SELECT day_us, units FROM cost_daily WHERE dims = '' "
+               "AND day_us >= :lo AND day_us <= :hi")
+        for day, units in session.execute(text(sql), {"lo": min(day_bucket),
+                                                      "hi": max(day_bucket)}):
+            j = day_bucket.get(int(day))
+            if j is not None:
+                out[j] += int(units)
+    rows: list[tuple[int, int, int]] = []
+    if rest:
+        pg = _is_pg(session)
+        least, greatest = _fns(pg)
+        params: dict[str, int] = {}
+        arms = []
+        for k, (a, b) in enumerate(rest):
+            params[f"a{k}"], params[f"b{k}"] = a, b
+            # Clipped to the uncovered range, so a span reaching into a rolled-up day is not
+            # counted twice; each arm is an index range scan.
+            arms.append(f"SELECT price_micro, {greatest}(start_us, :a{k}), "  # noqa: S608
+                        f"{least}(end_us, :b{k}) FROM cost_spans WHERE NOT is_open "
+                        f"AND start_us < :b{k} AND end_us > :a{k} AND price_micro <> 0")
+        rows += [(int(p), int(s), int(e)) for p, s, e in session.execute(
+            text(" UNION ALL ".join(arms)), params)]
+    sql = (f"SELECT price_micro, start_us, {_end_expr(_is_pg(session))} AS e "  # noqa: S608
+           "FROM cost_spans WHERE is_open AND start_us < :hi AND price_micro <> 0")
+    rows += [(int(p), int(s), int(e)) for p, s, e in session.execute(
+        text(sql), {"now": now_us, "hi": edges[-1]})]
+    for k, u in enumerate(bucketize(rows, edges)):
+        out[k] += u
+    return out
+
+
 def bucketize(rows: Sequence[tuple[int, int, int]], edges: Sequence[int]) -> list[int]:
     """Cost units per bucket ``[edges[i], edges[i+1])`` of spans ``(price, start, end)``.
 

@@ -16,20 +16,21 @@ from __future__ import annotations
 import bisect
 import uuid
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select, text, true, union
 from sqlalchemy.orm import Session
 
-from core.models import Deployment
+from core.models import Deployment, UsageHourly, UsageRecord
 from finops.attribution import split_overhead as split_by_tokens
 from finops.attribution_db import window_attribution
 from finops.deployments import token_price_override
 from finops.ledger import EUR_QUANTUM, UNITS_PER_EUR, to_us, units_to_eur
-from finops.usage import usage_totals
+from finops.usage import ceil_hour, floor_hour, usage_totals
 from finops.windows import TimeRange, bucket_edges
 
 RATIO_QUANTUM = Decimal("0.0001")
@@ -73,26 +74,34 @@ def unit_costs(session: Session, rng: TimeRange, now_us: int,
     bucket = "hour" if rng.duration <= timedelta(days=62) else "day"
     edges_dt = bucket_edges(rng, bucket)
     edges = [to_us(e) for e in edges_dt]
-    att = window_attribution(session, edges[0], edges[-1], now_us, edges)
     deps = {i: (n, spec) for i, n, spec in session.execute(
         select(Deployment.id, Deployment.name, Deployment.spec))}
     by_name = {n: i for i, (n, _) in deps.items()}
-    usage = usage_totals(session, rng.start, rng.end, ("deployment",), by_hour=True)
+    usage = usage_totals(session, rng.start, rng.end, ("deployment",))
     mine = usage if org_ids is None else usage_totals(
-        session, rng.start, rng.end, ("deployment",), by_hour=True, org_ids=list(org_ids))
+        session, rng.start, rng.end, ("deployment",), org_ids=list(org_ids))
     active: dict[uuid.UUID | None, set[int]] = defaultdict(set)
-    totals: dict[uuid.UUID | None, list[int]] = defaultdict(lambda: [0, 0, 0])
-    all_tokens: dict[uuid.UUID, int] = defaultdict(int)
-    for (name, hour), tot in usage.items():
+    for name, hour in active_hours(session, rng):
         dep_id = by_name.get(name)
-        if dep_id is None or tot.requests == 0:
+        if dep_id is None:
             continue
-        all_tokens[dep_id] += tot.tokens
         # Mark the bucket(s) this usage hour touches as active.
         h0, h1 = to_us(max(hour, rng.start)), to_us(min(hour + timedelta(hours=1), rng.end))
         active[dep_id].add(max(0, _bucket_index(edges, h0)))
         active[dep_id].add(max(0, _bucket_index(edges, max(h0, h1 - 1))))
-    for (name, _hour), tot in mine.items():
+    # Attribute per run of buckets in which no deployment's activity changes, not per bucket:
+    # the same units (the attribution's cumulative floors at a coarse edge are those at the
+    # same fine edge), and a month where every deployment serves every hour is one bucket.
+    runs = _activity_runs(len(edges) - 1, active.values())
+    att = window_attribution(session, edges[0], edges[-1], now_us,
+                             [edges[k] for k in runs] + [edges[-1]])
+    totals: dict[uuid.UUID | None, list[int]] = defaultdict(lambda: [0, 0, 0])
+    all_tokens: dict[uuid.UUID, int] = defaultdict(int)
+    for (name,), tot in usage.items():
+        dep_id = by_name.get(name)
+        if dep_id is not None and tot.requests:
+            all_tokens[dep_id] += tot.tokens
+    for (name,), tot in mine.items():
         dep_id = by_name.get(name)
         if dep_id is None or tot.requests == 0:
             continue
@@ -101,7 +110,7 @@ def unit_costs(session: Session, rng: TimeRange, now_us: int,
         t[1] += tot.prompt_tokens
         t[2] += tot.completion_tokens
     shared = split_by_tokens(att.overhead, dict(all_tokens)) if split_overhead else {}
-    nb = len(edges) - 1
+    nr = len(runs)
     owners = set(att.by_owner) | set(totals)
     if split_overhead and shared:
         owners.discard(None)
@@ -111,9 +120,10 @@ def unit_costs(session: Session, rng: TimeRange, now_us: int,
             continue
         if dep_id is None and org_ids is not None:
             continue  # platform overhead is platform-wide: admins only
-        per_bucket = list(att.buckets.get(dep_id, [0] * nb))
+        per_run = att.buckets.get(dep_id, [0] * nr)
         cost = att.by_owner.get(dep_id, 0) + (shared.get(dep_id, 0) if dep_id else 0)
-        idle = sum(c for k, c in enumerate(per_bucket) if k not in active.get(dep_id, set()))
+        on = active.get(dep_id, set())
+        idle = sum(c for k, c in zip(runs, per_run, strict=True) if k not in on)
         req, pt, ct = totals.get(dep_id, [0, 0, 0])
         if org_ids is not None and dep_id is not None:
             cost = _scaled(cost, pt + ct, all_tokens.get(dep_id, 0))
@@ -126,6 +136,48 @@ def unit_costs(session: Session, rng: TimeRange, now_us: int,
             req, pt, ct, eur_per_million(cost, pt + ct),
             override[0] if override else None, override[1] if override else None))
     return out
+
+
+def active_hours(session: Session, rng: TimeRange) -> set[tuple[str, datetime]]:
+    """``(deployment, UTC hour)`` of every hour of ``rng`` with a request, in one statement
+    (one snapshot, as :func:`finops.usage.usage_totals`): the hourly rollup's whole hours, the
+    records not rolled up yet, and the raw records of the partial hours at both ends. Postgres
+    truncates to the hour in SQL (a few hundred rows a month, not one per raw record)."""
+    h, r = UsageHourly.__table__, UsageRecord.__table__
+    first_full, last_full = ceil_hour(rng.start), floor_hour(rng.end)
+    pg = session.get_bind().dialect.name == "postgresql"
+    dep = func.coalesce(r.c.deployment, r.c.model)
+    at = func.date_trunc("hour", r.c.at, "UTC") if pg else r.c.at
+    raw = (select(dep.label("d"), at.label("h"))
+           .where(r.c.at >= rng.start, r.c.at < rng.end)
+           .where(or_(text("NOT usage_records.rolled_up"), r.c.at < first_full,
+                      r.c.at >= last_full) if first_full < last_full else true())
+           .group_by(dep, at))
+    q: Any = raw
+    if first_full < last_full:
+        q = union(select(func.coalesce(h.c.deployment, h.c.model).label("d"),
+                         h.c.hour.label("h"))
+                  .where(h.c.hour >= first_full, h.c.hour < last_full, h.c.requests > 0)
+                  .distinct(), raw)
+    out: set[tuple[str, datetime]] = set()
+    for name, hour in session.execute(q):
+        if isinstance(hour, str):  # SQLite through a UNION loses the column type
+            hour = datetime.fromisoformat(hour)
+        if hour.tzinfo is None:
+            hour = hour.replace(tzinfo=UTC)
+        out.add((name, floor_hour(hour)))
+    return out
+
+
+def _activity_runs(nb: int, active: Iterable[set[int]]) -> list[int]:
+    """First bucket of each run of buckets over which no deployment's activity changes."""
+    starts = {0}
+    for on in active:
+        for j in on:
+            for k in (j, j + 1):
+                if 0 < k < nb and ((k in on) != (k - 1 in on)):
+                    starts.add(k)
+    return sorted(starts)
 
 
 def _bucket_index(edges: list[int], t: int) -> int:

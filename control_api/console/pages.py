@@ -200,17 +200,7 @@ def routes() -> list[BaseRoute]:
 
 
 def install(app: FastAPI) -> None:
-    """Add the console's routes to ``app`` (after the API's, which keep precedence).
-
-    Also the API routes only the console needed so far (own sessions, password-reset links),
-    registered here until ``create_app`` lists them with the other routers.
-    """
-    from control_api.errors import ERROR_RESPONSES
-    from control_api.routes import console_reset, console_sessions
-
-    present = {getattr(r, "path", None) for r in app.router.routes}
-    for router in (console_sessions.router, console_reset.admin_router,
-                   console_reset.public_router):
-        if not any(r.path in present for r in router.routes if hasattr(r, "path")):
-            app.include_router(router, responses=ERROR_RESPONSES)
+    """Add the console's routes to ``app`` (after the API's, which keep precedence). The API
+    routes the console needed (own sessions, password-reset links) are ordinary routers that
+    :func:`control_api.app.create_app` includes with the others."""
     app.router.routes.extend(routes())

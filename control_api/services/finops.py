@@ -32,7 +32,7 @@ from core.db import utcnow
 from core.models import ApiKey, Budget, BudgetScope, Deployment, Instance, Org, Role
 from finops import budgets as fb
 from finops.chargeback import chargeback as compute_chargeback
-from finops.costs import GROUP_COLUMNS, bucketize, burn_rate, fetch_span_rows, window_costs_units
+from finops.costs import GROUP_COLUMNS, burn_rate, series_units, window_costs_units
 from finops.forecast import minimum_rate_micro, project, rate_eur
 from finops.ledger import to_us, units_to_eur
 from finops.unitcost import unit_costs as compute_unit_costs
@@ -128,8 +128,7 @@ def series(session: Session, now: datetime, rng: TimeRange, bucket: str) -> sch.
         raise Unprocessable(str(exc)) from None
     now_us = to_us(now)
     edges = [to_us(e) for e in edges_dt]
-    rows = fetch_span_rows(session, edges[0], edges[-1], now_us)
-    per = bucketize([(p, s, e) for _, p, s, e in rows], edges)
+    per = series_units(session, edges, now_us)
     items = []
     running = 0
     for k, u in enumerate(per):

@@ -13,85 +13,29 @@ e.g. docs/screenshots/), and the browser's console log must hold no error on any
 from __future__ import annotations
 
 import hashlib
-import re
-from typing import Any
 
 import httpx
 import pytest
-from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from tests.conftest import SERVICE_TOKEN
-from tests.console.conftest import SCREENSHOTS, World
+from tests.console.conftest import (
+    World,
+    css,
+    no_console_errors,
+    rows_text,
+    shot,
+    sign_in,
+    sign_out,
+    table_loaded,
+    wait,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-WAIT_S = 30
-
-
-def wait(driver: WebDriver) -> WebDriverWait[WebDriver]:
-    # A table re-rendered while a condition reads it: read again.
-    return WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
-
-
-def css(driver: WebDriver, selector: str) -> Any:
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
-def no_console_errors(driver: WebDriver, where: str, allow_refusals: bool = False) -> None:
-    """No error in the browser console; ``allow_refusals``: except Chrome's own network line
-    for an API answer of 403/404 the page expects (the API hiding what the caller may not see).
-    """
-    entries = driver.get_log("browser")
-    errors = [e for e in entries if e.get("level") in ("SEVERE", "ERROR")
-              and not (allow_refusals and e.get("source") == "network"
-                       and re.search(r"status of 40[34]", e.get("message", "")))]
-    assert errors == [], f"browser console errors on {where}: {errors}"
-
-
-def shot(driver: WebDriver, name: str) -> None:
-    """The whole page (the window grown to its height for the picture), into SCREENSHOTS."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    size = driver.get_window_size()
-    height = driver.execute_script(
-        "return Math.min(document.documentElement.scrollHeight, 3000)")
-    if height > size["height"]:
-        driver.set_window_size(size["width"], height + 140)
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
-    driver.set_window_size(size["width"], size["height"])
-
-
-def rows_text(driver: WebDriver, table_id: str) -> str:
-    """The table body's text, read in one script call (atomic against a re-render)."""
-    return str(driver.execute_script(
-        "const b = document.querySelector(arguments[0]); return b ? b.innerText : ''",
-        f"#{table_id} tbody"))
-
-
-def table_loaded(table_id: str) -> Any:
-    def check(driver: WebDriver) -> bool:
-        return bool(driver.find_elements(By.CSS_SELECTOR, f"#{table_id} tbody tr"))
-    return check
-
-
-def sign_in(driver: WebDriver, world: World, username: str, password: str) -> None:
-    driver.delete_all_cookies()
-    driver.get(world.base + "/costs")
-    wait(driver).until(ec.url_contains("/login"))
-    css(driver, "#username").send_keys(username)
-    css(driver, "#password").send_keys(password)
-    css(driver, "#login-form button[type=submit]").click()
-    wait(driver).until(ec.url_contains("/costs"))
-    wait(driver).until(ec.presence_of_element_located((By.ID, "logout")))
-
-
-def sign_out(driver: WebDriver, world: World) -> None:
-    css(driver, "#logout").click()
-    wait(driver).until(ec.url_contains("/login"))
-    driver.get(world.base + "/keys")
-    wait(driver).until(ec.url_contains("/login?next=/keys"))
 
 
 # ---------------------------------------------------------------- the admin

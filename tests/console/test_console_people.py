@@ -11,8 +11,8 @@ from selenium.webdriver.support import expected_conditions as ec
 
 from core.models import Role
 from tests.conftest import Factory
-from tests.console.conftest import World, _Holder
-from tests.console.test_console_browser import (
+from tests.console.conftest import (
+    World,
     css,
     no_console_errors,
     rows_text,
@@ -26,10 +26,10 @@ from tests.console.test_console_browser import (
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
-def test_org_admin_invites_and_withdraws(browser: WebDriver, console_world: World) -> None:
-    factory = Factory(_Holder(console_world.app))  # type: ignore[arg-type]
-    admin = factory.user(console_world.org_b, Role.ADMIN)
-    invitee = factory.user()
+def test_org_admin_invites_and_withdraws(browser: WebDriver, console_world: World,
+                                         console_factory: Factory) -> None:
+    admin = console_factory.user(console_world.org_b, Role.ADMIN)
+    invitee = console_factory.user()
     browser.get_log("browser")
     sign_in(browser, console_world, admin.username, admin.password)
     browser.get(console_world.base + "/people")
@@ -52,9 +52,8 @@ def test_org_admin_invites_and_withdraws(browser: WebDriver, console_world: Worl
 
 
 def test_admin_makes_a_reset_link_and_the_user_sets_a_password(
-        browser: WebDriver, console_world: World) -> None:
-    factory = Factory(_Holder(console_world.app))  # type: ignore[arg-type]
-    user = factory.user(console_world.org_b, Role.VIEWER)
+        browser: WebDriver, console_world: World, console_factory: Factory) -> None:
+    user = console_factory.user(console_world.org_b, Role.VIEWER)
     browser.get_log("browser")
     sign_in(browser, console_world, "admin", console_world.admin_password)
     browser.get(console_world.base + "/people")

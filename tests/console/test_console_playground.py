@@ -14,7 +14,6 @@ API). The Ray cluster goes at module end, before any other tier starts its own.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import shutil
@@ -35,8 +34,8 @@ from sqlalchemy import select
 from core.models import Deployment, UsageRecord
 from tests.client.conftest import free_port
 from tests.conftest import SERVICE_TOKEN
-from tests.console.conftest import World
-from tests.console.test_console_browser import (
+from tests.console.conftest import (
+    World,
     css,
     no_console_errors,
     rows_text,
@@ -46,11 +45,10 @@ from tests.console.test_console_browser import (
     table_loaded,
     wait,
 )
-from tests.serve_apps.conftest import model_cache_root, require_modules
+from tests.serve_apps.conftest import READY_TIMEOUT_S, model_cache_root, require_modules
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 APP_NAME = "inventiv-console-playground"
-READY_TIMEOUT_S = float(os.environ.get("INVENTIV_SERVE_READY_TIMEOUT", "600"))
 SPEC = """
 version: 1
 deployments:
